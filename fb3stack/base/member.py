@@ -1,0 +1,56 @@
+"""The contract every zoo member fulfils, whatever its model.
+
+A member is trained fold by fold by `fb3stack.base.runner`: `fit_fold` learns from the fold's training rows,
+saves everything needed to predict into `fold_dir`, and returns predictions for the fold's validation rows.
+`predict_fold` later loads `fold_dir` and scores new essays, with no network and nothing else at hand.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+
+from fb3stack.workspace import Workspace
+
+
+@dataclass
+class MemberConfig:
+    """Fields every member config has; each member kind subclasses this with its own settings."""
+
+    name: str
+    kind: str
+    seed: int = 42
+
+
+@dataclass
+class FoldResult:
+    preds: np.ndarray  # (n_valid, 6) predictions for the fold's validation rows, in their given order
+    embeddings: np.ndarray | None = None  # (n_valid, dim) pooled features of the same rows, if the member has them
+    history: pd.DataFrame | None = None  # per-step/epoch training metrics, written as fold<k>/history.csv
+    info: dict | None = None  # anything worth keeping in metrics.json (best step, wall time ...)
+
+
+class Member(ABC):
+    config_cls: ClassVar[type[MemberConfig]] = MemberConfig
+
+    def __init__(self, config: MemberConfig, workspace: Workspace | None = None) -> None:
+        self.config = config
+        # workspace gives members a cache folder; None at predict time from a bundle
+        self.workspace = workspace
+
+    @abstractmethod
+    def fit_fold(self, train: pd.DataFrame, valid: pd.DataFrame, fold: int, fold_dir: Path) -> FoldResult:
+        """Fit on `train` (text_id, full_text, traits), save to `fold_dir`, return predictions for `valid`."""
+
+    @abstractmethod
+    def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
+        """Load the model saved in `fold_dir` and predict (n, 6) scores for `df` (text_id, full_text)."""
+
+    def predict_folds(self, df: pd.DataFrame, fold_dirs: list[Path]) -> np.ndarray:
+        """Average of the fold models; members that can share work across folds (embeddings) override this."""
+        return np.mean([self.predict_fold(df, d) for d in fold_dirs], axis=0)

@@ -1,0 +1,70 @@
+"""Member kinds by name, imported lazily so a CPU-only user never imports what they do not use."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from fb3stack.base.member import Member, MemberConfig
+from fb3stack.config import ConfigError, apply_overrides, from_dict, load_yaml
+
+_KINDS: dict[str, str | type[Member]] = {
+    "transformer": "fb3stack.base.transformer.member:TransformerMember",
+    "embed-svr": "fb3stack.base.embed_svr:EmbedSVRMember",
+    "tfidf-ridge": "fb3stack.base.tfidf_ridge:TfidfRidgeMember",
+    "features-lgbm": "fb3stack.base.features_lgbm:FeaturesLGBMMember",
+}
+
+
+def register_member(kind: str, cls: type[Member] | str) -> None:
+    _KINDS[kind] = cls
+
+
+def member_kinds() -> list[str]:
+    return sorted(_KINDS)
+
+
+def member_class(kind: str) -> type[Member]:
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown member kind {kind!r}; known: {member_kinds()}")
+    target = _KINDS[kind]
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        target = getattr(importlib.import_module(module), attr)
+        _KINDS[kind] = target
+    return target
+
+
+def _resolve(path: str | os.PathLike, base_dir: str | os.PathLike | None) -> Path:
+    path = Path(path)
+    if not path.is_absolute() and base_dir is not None and not path.exists():
+        path = Path(base_dir) / path
+    return path
+
+
+def load_member_config(
+    entry: str | os.PathLike | dict[str, Any], base_dir: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+) -> MemberConfig:
+    """A model YAML path (relative to `base_dir`), or an inline mapping → the kind's typed config.
+
+    An inline mapping may be `{include: model.yaml, set: {key: value}}` to reuse a model file with changes.
+    """
+    if isinstance(entry, dict) and "include" in entry:
+        extra = set(entry) - {"include", "set"}
+        if extra:
+            raise ConfigError(f"member entry with 'include' takes only 'set' beside it, got {sorted(extra)}")
+        path = _resolve(entry["include"], base_dir)
+        raw, where = {**load_yaml(path), **(entry.get("set") or {})}, str(path)
+    elif isinstance(entry, dict):
+        raw, where = dict(entry), "inline member"
+    else:
+        path = _resolve(entry, base_dir)
+        raw, where = load_yaml(path), str(path)
+    raw = apply_overrides(raw, overrides)
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}: member needs a 'kind', one of {member_kinds()}")
+    return from_dict(member_class(kind).config_cls, raw, where=where)

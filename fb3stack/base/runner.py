@@ -1,0 +1,198 @@
+"""Train zoo members fold by fold on the shared folds, resumably, and write the OOF contract.
+
+    models/<name>/config.yaml        the resolved member config
+    models/<name>/manifest.json      data, folds and config hashes the member was made from
+    models/<name>/fold<k>/           what `predict_fold` needs + oof.parquet of that fold (+ embeddings.npy)
+    models/<name>/oof.parquet        text_id, fold, six traits: one row per training essay
+    models/<name>/metrics.json       overall and per-fold MCRMSE and per-trait RMSE
+    models/<name>/embeddings.npy     pooled features of the OOF rows (row order: embeddings_ids.csv)
+
+A fold folder is built under a temporary name and renamed when complete, so its presence means "done":
+a killed run resumes at the first missing fold and never retrains a finished one. `train_fold` and
+`finalize_member` are separate so an executor can run (member, fold) jobs anywhere in parallel.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fb3stack.base.member import Member, MemberConfig
+from fb3stack.base.registry import load_member_config, member_class
+from fb3stack.config import RunConfig, to_dict
+from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
+from fb3stack.io import atomic_dir, read_json, save_npy, sha256_json, write_csv, write_json, write_parquet, write_yaml
+from fb3stack.metrics import score_report
+from fb3stack.workspace import Prepared, read_manifest, stale_reasons, write_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def fold_dir(model_dir: Path, fold: int) -> Path:
+    return model_dir / f"fold{fold}"
+
+
+def config_hash(cfg: MemberConfig) -> str:
+    return sha256_json(to_dict(cfg))
+
+
+def expected_hashes(cfg: MemberConfig, prep: Prepared) -> dict[str, str]:
+    return {"data_hash": prep.data_hash, "folds_hash": prep.folds_hash, "config_hash": config_hash(cfg)}
+
+
+def resolve_members(cfg: RunConfig) -> list[MemberConfig]:
+    base = Path(cfg.source).parent if cfg.source else None
+    members = []
+    for entry in cfg.members:
+        member = load_member_config(entry, base)
+        extra = cfg.member_overrides.get("*", []) + cfg.member_overrides.get(member.name, [])
+        if extra:
+            member = load_member_config({**to_dict(member)}, base, extra)
+        members.append(member)
+    names = [m.name for m in members]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"member names must be unique, repeated: {dupes}")
+    unknown = set(cfg.member_overrides) - set(names) - {"*"}
+    if unknown:
+        raise ValueError(f"--set members.<name>... names unknown member(s) {sorted(unknown)}; members: {names}")
+    return members
+
+
+def build_member(cfg: MemberConfig, prep: Prepared | None = None) -> Member:
+    return member_class(cfg.kind)(cfg, prep.workspace if prep else None)
+
+
+def begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
+    """Create or check models/<name>; a member made from other data/folds/config is archived, not reused."""
+    model_dir = prep.workspace.model_dir(cfg.name)
+    expected = expected_hashes(cfg, prep)
+    if model_dir.exists() and read_manifest(model_dir) is not None:
+        reasons = stale_reasons(model_dir, **expected)
+        if not reasons:
+            return model_dir
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        archive = prep.workspace.root / "models" / ".stale" / f"{cfg.name}-{stamp}"
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        logger.warning("%s is stale (%s); moved to %s and retraining", model_dir, "; ".join(reasons), archive)
+        shutil.move(str(model_dir), str(archive))
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(model_dir / "config.yaml", to_dict(cfg))
+    write_manifest(model_dir, **expected)
+    return model_dir
+
+
+def fold_done(model_dir: Path, fold: int) -> bool:
+    return (fold_dir(model_dir, fold) / "oof.parquet").is_file()
+
+
+def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | None = None) -> Path:
+    """Train one fold unless it is already done; returns its folder."""
+    model_dir = begin_member(cfg, prep)
+    target = fold_dir(model_dir, fold)
+    if fold_done(model_dir, fold):
+        logger.info("%s fold %d: done already, skipped", cfg.name, fold)
+        return target
+    member = member or build_member(cfg, prep)
+    df = prep.train
+    train = df[df[FOLD_COL] != fold].reset_index(drop=True)
+    valid = df[df[FOLD_COL] == fold].reset_index(drop=True)
+    logger.info("%s fold %d: training on %d essays, validating on %d", cfg.name, fold, len(train), len(valid))
+    t0 = time.perf_counter()
+    with atomic_dir(target) as tmp:
+        result = member.fit_fold(train, valid, fold, tmp)
+        preds = np.asarray(result.preds, dtype=np.float64)
+        if preds.shape != (len(valid), len(TARGETS)):
+            raise ValueError(f"{cfg.name} fold {fold}: fit_fold returned {preds.shape}, expected {(len(valid), 6)}")
+        if not np.isfinite(preds).all():
+            raise ValueError(f"{cfg.name} fold {fold}: predictions contain NaN or inf")
+        oof = pd.DataFrame(preds, columns=list(TARGETS))
+        oof.insert(0, FOLD_COL, fold)
+        oof.insert(0, ID_COL, valid[ID_COL].to_numpy())
+        if result.embeddings is not None:
+            save_npy(tmp / "embeddings.npy", np.asarray(result.embeddings, dtype=np.float32))
+        if result.history is not None:
+            write_csv(tmp / "history.csv", result.history)
+        report = score_report(valid[list(TARGETS)].to_numpy(), preds)
+        report.update(fold=fold, seconds=round(time.perf_counter() - t0, 2), **(result.info or {}))
+        write_json(tmp / "metrics.json", report)
+        write_parquet(tmp / "oof.parquet", oof)  # written last: marks the fold as complete
+    logger.info("%s fold %d: MCRMSE %.4f (%.0f s)", cfg.name, fold, report["mcrmse"], report["seconds"])
+    return target
+
+
+def finalize_member(cfg: MemberConfig, prep: Prepared) -> dict:
+    """Gather the fold OOFs into oof.parquet, metrics.json and embeddings.npy; all folds must be done."""
+    model_dir = prep.workspace.model_dir(cfg.name)
+    missing = [k for k in range(prep.n_folds) if not fold_done(model_dir, k)]
+    if missing:
+        raise RuntimeError(f"{cfg.name}: folds {missing} are not trained yet")
+    parts = [pd.read_parquet(fold_dir(model_dir, k) / "oof.parquet") for k in range(prep.n_folds)]
+    oof = pd.concat(parts, ignore_index=True)
+    order = pd.Series(np.arange(len(oof)), index=oof[ID_COL])
+    oof = oof.set_index(ID_COL).loc[prep.train[ID_COL]].reset_index()  # training-file row order
+    truth = prep.train[list(TARGETS)].to_numpy()
+    metrics = score_report(truth, oof[list(TARGETS)].to_numpy())
+    metrics["folds"] = [read_json(fold_dir(model_dir, k) / "metrics.json") for k in range(prep.n_folds)]
+    metrics["name"], metrics["kind"] = cfg.name, cfg.kind
+    emb_files = [fold_dir(model_dir, k) / "embeddings.npy" for k in range(prep.n_folds)]
+    if all(f.is_file() for f in emb_files):
+        emb = np.concatenate([np.load(f) for f in emb_files])[order.loc[oof[ID_COL]].to_numpy()]
+        save_npy(model_dir / "embeddings.npy", emb)
+        write_csv(model_dir / "embeddings_ids.csv", oof[[ID_COL]])
+    write_parquet(model_dir / "oof.parquet", oof)
+    write_json(model_dir / "metrics.json", metrics)
+    logger.info("%s: OOF MCRMSE %.4f over %d essays", cfg.name, metrics["mcrmse"], len(oof))
+    return metrics
+
+
+def member_is_complete(cfg: MemberConfig, prep: Prepared) -> bool:
+    model_dir = prep.workspace.model_dir(cfg.name)
+    return (model_dir / "metrics.json").is_file() and not stale_reasons(model_dir, **expected_hashes(cfg, prep))
+
+
+def train_member(cfg: MemberConfig, prep: Prepared, folds: list[int] | None = None) -> dict:
+    """Train every missing fold of one member in this process, then finalise it."""
+    if member_is_complete(cfg, prep) and folds is None:
+        logger.info("%s: up to date, skipped", cfg.name)
+        return read_json(prep.workspace.model_dir(cfg.name) / "metrics.json")
+    member = build_member(cfg, prep)
+    for k in folds if folds is not None else range(prep.n_folds):
+        train_fold(cfg, prep, k, member)
+    if all(fold_done(prep.workspace.model_dir(cfg.name), k) for k in range(prep.n_folds)):
+        return finalize_member(cfg, prep)
+    return {}
+
+
+@dataclass
+class SavedMember:
+    """A trained member loaded from its folder, ready to predict new essays."""
+
+    config: MemberConfig
+    model_dir: Path
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> SavedMember:
+        model_dir = Path(model_dir)
+        cfg = load_member_config(model_dir / "config.yaml")
+        return cls(cfg, model_dir)
+
+    @property
+    def fold_dirs(self) -> list[Path]:
+        dirs = sorted(self.model_dir.glob("fold[0-9]*"), key=lambda p: int(p.name[4:]))
+        dirs = [d for d in dirs if d.is_dir() and (d / "oof.parquet").is_file()]
+        if not dirs:
+            raise FileNotFoundError(f"{self.model_dir}: no trained folds")
+        return dirs
+
+    def predict(self, df: pd.DataFrame) -> np.ndarray:
+        """Mean over the fold models of (n, 6) predictions for `df` (text_id, full_text)."""
+        member = member_class(self.config.kind)(self.config, None)
+        return np.asarray(member.predict_folds(df[[ID_COL, TEXT_COL]].reset_index(drop=True), self.fold_dirs))

@@ -1,0 +1,55 @@
+"""`fb3stack train <model.yaml|zoo.yaml>`: train zoo members on the shared folds, resuming what is done."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from fb3stack.base.runner import resolve_members, train_member
+from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config
+from fb3stack.config import RunConfig, load_run_config, load_yaml
+from fb3stack.workspace import prepare
+
+logger = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one model YAML or every member of a zoo YAML, fold by fold")
+    add_run_options(p, config_required=True)
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="train only these members")
+    p.add_argument("--folds", help="comma-separated folds to train (default: all); finalises when all are done")
+    p.add_argument("--force-folds", action="store_true", help="rewrite folds.csv if its settings changed")
+    p.set_defaults(func=run)
+
+
+def load_train_config(path: str, overrides: list[str]) -> RunConfig:
+    """A zoo YAML is used as is; a single model YAML becomes a one-member zoo with default data and folds."""
+    raw = load_yaml(path)
+    if "kind" in raw and "members" not in raw:
+        run_keys = ("data", "folds", "workspace")
+        is_run = [o.split("=", 1)[0].split(".")[0] in run_keys for o in overrides]
+        cfg = load_run_config(None, [o for o, r in zip(overrides, is_run) if r])
+        cfg.members = [str(Path(path).resolve())]
+        cfg.member_overrides = {"*": [o for o, r in zip(overrides, is_run) if not r]}
+        return cfg
+    return load_run_config(path, overrides)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_train_config(args.config, args.overrides)
+    members = resolve_members(cfg)
+    if args.only:
+        unknown = set(args.only) - {m.name for m in members}
+        if unknown:
+            raise SystemExit(f"--only names unknown member(s) {sorted(unknown)}; have {[m.name for m in members]}")
+        members = [m for m in members if m.name in args.only]
+    prep = prepare(cfg, args.data_dir, args.workspace, force_folds=args.force_folds)
+    log_to_workspace(prep.workspace, "train")
+    save_resolved_config(prep.workspace, cfg)
+    folds = [int(k) for k in args.folds.split(",")] if args.folds else None
+    for m in members:
+        metrics = train_member(m, prep, folds)
+        if metrics:
+            print(f"{m.name}: OOF MCRMSE {metrics['mcrmse']:.4f}  ->  {prep.workspace.model_dir(m.name)}")
+    return 0

@@ -1,0 +1,246 @@
+"""YAML → typed dataclasses, with `--set key=value` overrides.
+
+Unknown keys and wrong types are errors that name the key path and the file, because a typo in a config
+should not silently train the wrong model for hours. `to_dict` gives back plain data for config.yaml in the
+run folder, so every artefact carries the exact settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be turned into typed objects."""
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b.c=3' → (['a', 'b', 'c'], 3); the value is parsed as YAML so numbers, lists and null work."""
+    if "=" not in item:
+        raise ConfigError(f"--set expects key=value, got {item!r}")
+    key, _, raw = item.partition("=")
+    keys = [k for k in key.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"--set has an empty key: {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML: {err}") from err
+    return keys, value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Return a copy of `data` with dotted-key overrides applied (nested mappings are created as needed)."""
+    out = _deepcopy(data)
+    for item in overrides or []:
+        keys, value = parse_override(item)
+        node = out
+        for k in keys[:-1]:
+            if isinstance(node, list):
+                node = node[_list_index(node, k, item)]
+                continue
+            if not isinstance(node.get(k), (dict, list)):
+                node[k] = {}
+            node = node[k]
+        if isinstance(node, list):
+            node[_list_index(node, keys[-1], item)] = value
+        else:
+            node[keys[-1]] = value
+    return out
+
+
+def _list_index(node: list, key: str, item: str) -> int:
+    if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
+        raise ConfigError(f"--set {item!r}: {key!r} is not an index of a list of {len(node)}")
+    return int(key)
+
+
+def _deepcopy(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _deepcopy(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deepcopy(v) for v in obj]
+    return obj
+
+
+def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
+    """Build dataclass `cls` from plain data, checking keys and types recursively."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; allowed: {sorted(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in data:
+            kwargs[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}: required key '{name}' is missing for {cls.__name__}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from err
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{where}: {value!r} matches none of {[_type_name(a) for a in args]}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported config type {tp!r}")
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass → plain dict/list/scalars for YAML."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run-level config: data, folds, workspace and the list of zoo members.
+
+
+@dataclass
+class DataConfig:
+    data_dir: str | None = None  # overridden by --data-dir and $FB3STACK_DATA
+    train_file: str = "train.csv"
+    test_file: str = "test.csv"
+    sample_submission_file: str = "sample_submission.csv"
+    on_bad_score: Literal["error", "warn"] = "error"  # scores outside [1, 5] or off the 0.5 grid
+    limit: int | None = None  # a reproducible random subset of essays, for quick runs
+    limit_seed: int = 0
+
+
+@dataclass
+class FoldsConfig:
+    n_folds: int = 5
+    seed: int = 42
+    file: str | None = None  # import an external folds CSV (text_id, fold) instead of making one
+
+
+@dataclass
+class RunConfig:
+    """What a zoo YAML holds: shared data and folds, the workspace, the members and the blend."""
+
+    name: str = "zoo"
+    workspace: str = "workspace"
+    data: DataConfig = field(default_factory=DataConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    # each member is a path to a model YAML (relative to this file) or an inline mapping
+    members: list[Any] = field(default_factory=list)
+    # the second layer: a path to a blend YAML or an inline mapping (see fb3stack.blend)
+    blend: Any = None
+    source: str | None = None  # where this config was read from; set by load_run_config
+    # `--set members.<name>.<key>=value` (or members.*.<key>) overrides, applied when members are resolved
+    member_overrides: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.folds.n_folds < 2:
+            raise ValueError(f"folds.n_folds must be >= 2, got {self.folds.n_folds}")
+
+
+def load_run_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a zoo YAML (or defaults when `path` is None) and apply `--set` overrides."""
+    raw = load_yaml(path) if path else {}
+    run_level, per_member = split_member_overrides(overrides)
+    raw = apply_overrides(raw, run_level)
+    raw.pop("source", None)
+    raw.pop("member_overrides", None)
+    cfg = from_dict(RunConfig, raw, where=str(path) if path else "defaults")
+    cfg.source = str(Path(path).resolve()) if path else None
+    cfg.member_overrides = per_member
+    return cfg
+
+
+def split_member_overrides(overrides: list[str] | None) -> tuple[list[str], dict[str, list[str]]]:
+    """Separate `members.<name>.key=v` (name not an index) from run-level overrides."""
+    run_level: list[str] = []
+    per_member: dict[str, list[str]] = {}
+    for item in overrides or []:
+        parts = item.split("=", 1)[0].split(".")
+        if len(parts) >= 3 and parts[0] == "members" and not parts[1].lstrip("-").isdigit():
+            per_member.setdefault(parts[1], []).append(item.split(".", 2)[2])
+        else:
+            run_level.append(item)
+    return run_level, per_member
