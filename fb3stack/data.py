@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,7 +23,6 @@ from fb3stack.io import sha256_bytes
 logger = logging.getLogger(__name__)
 
 DATA_ENV = "FB3STACK_DATA"
-_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 class DataError(ValueError):
@@ -78,14 +76,14 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
         bad = None
     except UnicodeDecodeError as err:
         bad = err
-        text = raw.decode("utf-8", errors="surrogateescape")
+        text = raw.decode("utf-8", errors="replace")  # U+FFFD marks the bad bytes
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"not a readable CSV: {err}", file=path) from err
     if bad is not None:
         for column in df.columns:
-            hits = df[column].str.contains(_SURROGATE, regex=True)
+            hits = df[column].str.contains("\ufffd", regex=False)
             if hits.any():
                 i = int(np.flatnonzero(hits.to_numpy())[0])
                 tid = df[ID_COL].iloc[i] if ID_COL in df.columns and column != ID_COL else None
