@@ -3,53 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
-import joblib
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.linear_model import Ridge
+from length_member import LengthRidge, LengthRidgeConfig, length_features
 
-from fb3stack.base import FoldResult, Member, MemberConfig, register_member
 from fb3stack.base.runner import SavedMember, resolve_members, train_member
 from fb3stack.config import DataConfig, FoldsConfig, RunConfig
 from fb3stack.constants import TARGETS
 from fb3stack.metrics import mcrmse
 from fb3stack.workspace import prepare
-
-
-@dataclass
-class LengthRidgeConfig(MemberConfig):
-    alpha: float = 1.0
-
-
-def length_features(df: pd.DataFrame) -> np.ndarray:
-    text = df["full_text"]
-    return np.column_stack([np.log1p(text.str.split().str.len()), np.log1p(text.str.count(r"[.!?]")),
-                            text.str.count(",") / (1 + text.str.split().str.len())])
-
-
-class LengthRidge(Member):
-    config_cls = LengthRidgeConfig
-    fits: list[int] = []
-    crash_on: int = -1  # simulates a run killed in the middle of this fold
-
-    def fit_fold(self, train, valid, fold, fold_dir):
-        (fold_dir / "partial.bin").write_bytes(b"x")
-        if fold == LengthRidge.crash_on:
-            raise RuntimeError("killed")
-        LengthRidge.fits.append(fold)
-        model = Ridge(alpha=self.config.alpha).fit(length_features(train), train[list(TARGETS)].to_numpy())
-        joblib.dump(model, fold_dir / "ridge.joblib")
-        return FoldResult(self.predict_fold(valid, fold_dir), embeddings=length_features(valid))
-
-    def predict_fold(self, df, fold_dir: Path):
-        return np.clip(joblib.load(fold_dir / "ridge.joblib").predict(length_features(df)), 1, 5)
-
-
-register_member("length-ridge", LengthRidge)
 
 
 @pytest.fixture()

@@ -100,6 +100,8 @@ def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | No
     if fold_done(model_dir, fold):
         logger.info("%s fold %d: done already, skipped", cfg.name, fold)
         return target
+    for leftover in model_dir.glob(f".fold{fold}.*.tmp"):  # a run killed in this fold (no cleanup ran)
+        shutil.rmtree(leftover, ignore_errors=True)
     member = member or build_member(cfg, prep)
     df = prep.train
     train = df[df[FOLD_COL] != fold].reset_index(drop=True)

@@ -6,7 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from fb3stack.base.runner import resolve_members, train_member
+from fb3stack.base.executors import RayOptions, run_local, run_ray
+from fb3stack.base.runner import resolve_members
 from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config
 from fb3stack.config import RunConfig, load_run_config, load_yaml
 from fb3stack.workspace import prepare
@@ -20,6 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--only", action="append", default=[], metavar="NAME", help="train only these members")
     p.add_argument("--folds", help="comma-separated folds to train (default: all); finalises when all are done")
     p.add_argument("--force-folds", action="store_true", help="rewrite folds.csv if its settings changed")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: one job after another in this process; ray: (member, fold) jobs in parallel")
+    p.add_argument("--ray-address", help="existing Ray cluster ('auto', 'ray://host:10001'); default: local Ray")
+    p.add_argument("--ray-gpus", type=float, help="GPUs per job (fractions allowed; default 1 for transformers "
+                   "when the cluster has GPUs, else 0)")
+    p.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per job")
+    p.add_argument("--max-retries", type=int, default=2, help="Ray: reruns of a job whose worker died")
     p.set_defaults(func=run)
 
 
@@ -48,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     log_to_workspace(prep.workspace, "train")
     save_resolved_config(prep.workspace, cfg)
     folds = [int(k) for k in args.folds.split(",")] if args.folds else None
-    for m in members:
-        metrics = train_member(m, prep, folds)
-        if metrics:
-            print(f"{m.name}: OOF MCRMSE {metrics['mcrmse']:.4f}  ->  {prep.workspace.model_dir(m.name)}")
+    if args.executor == "ray":
+        options = RayOptions(args.ray_address, args.ray_gpus, args.ray_cpus, args.max_retries)
+        results = run_ray(members, prep, folds, options)
+    else:
+        results = run_local(members, prep, folds)
+    for name, metrics in results.items():
+        print(f"{name}: OOF MCRMSE {metrics['mcrmse']:.4f}  ->  {prep.workspace.model_dir(name)}")
     return 0

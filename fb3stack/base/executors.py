@@ -1,0 +1,100 @@
+"""Who runs the (member, fold) jobs: this process one after another, or a Ray cluster in parallel.
+
+Every job is independent and idempotent (`runner.train_fold` skips a finished fold), so an executor only
+has to run them somewhere and call `finalize_member` when a member's folds are all done. The resume
+semantics are the same whichever executor ran a fold. With Ray, the workspace must be on a filesystem that
+every node sees (the fold folders are written there); the training data travels with the jobs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from fb3stack.base.member import MemberConfig
+from fb3stack.base.runner import begin_member, finalize_member, fold_done, member_is_complete, train_fold
+from fb3stack.io import read_json
+from fb3stack.workspace import Prepared
+
+logger = logging.getLogger(__name__)
+
+GPU_KINDS = {"transformer"}  # members that want an accelerator when the cluster has one
+
+
+def pending_jobs(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None
+                 ) -> list[tuple[MemberConfig, int]]:
+    """(member, fold) pairs still to train; also archives stale members before any job starts."""
+    jobs = []
+    for m in members:
+        if member_is_complete(m, prep) and folds is None:
+            logger.info("%s: up to date, skipped", m.name)
+            continue
+        model_dir = begin_member(m, prep)  # serially here, so parallel jobs never race on archiving
+        jobs += [(m, k) for k in (folds if folds is not None else range(prep.n_folds)) if not fold_done(model_dir, k)]
+    return jobs
+
+
+def finish(members: Sequence[MemberConfig], prep: Prepared) -> dict[str, dict]:
+    results = {}
+    for m in members:
+        model_dir = prep.workspace.model_dir(m.name)
+        if all(fold_done(model_dir, k) for k in range(prep.n_folds)):
+            done = member_is_complete(m, prep) and (model_dir / "oof.parquet").is_file()
+            results[m.name] = read_json(model_dir / "metrics.json") if done else finalize_member(m, prep)
+    return results
+
+
+def run_local(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None
+              ) -> dict[str, dict]:
+    for m, k in pending_jobs(members, prep, folds):
+        train_fold(m, prep, k)
+    return finish(members, prep)
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": an existing cluster
+    gpus_per_job: float | None = None  # None: 1 for GPU kinds when the cluster has GPUs, else 0
+    cpus_per_job: float = 1.0
+    max_retries: int = 2  # a job whose worker dies (OOM, preemption, kill) is run again
+    num_cpus: int | None = None  # for a local Ray only
+
+
+def _ray_train_fold(member: MemberConfig, prep: Prepared, fold: int) -> str:
+    return str(train_fold(member, prep, fold))
+
+
+def run_ray(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None,
+            options: RayOptions | None = None) -> dict[str, dict]:
+    try:
+        import ray
+    except ImportError as err:
+        raise RuntimeError("the ray executor needs Ray: pip install 'fb3stack[ray]'") from err
+    options = options or RayOptions()
+    started_here = not ray.is_initialized()
+    if started_here:
+        kwargs = {"address": options.address} if options.address else {"num_cpus": options.num_cpus}
+        ray.init(**kwargs, include_dashboard=False, log_to_driver=True)
+    try:
+        jobs = pending_jobs(members, prep, folds)
+        has_gpu = ray.cluster_resources().get("GPU", 0) > 0
+        prep_ref = ray.put(prep)
+        remote = ray.remote(_ray_train_fold)
+        refs = {}
+        for m, k in jobs:
+            gpus = options.gpus_per_job if options.gpus_per_job is not None else float(has_gpu and m.kind in GPU_KINDS)
+            task = remote.options(num_gpus=gpus, num_cpus=options.cpus_per_job, max_retries=options.max_retries,
+                                  retry_exceptions=False, name=f"{m.name}/fold{k}")
+            refs[task.remote(m, prep_ref, k)] = (m.name, k)
+        logger.info("submitted %d (member, fold) jobs to Ray", len(refs))
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            name, k = refs[done[0]]
+            ray.get(done[0])  # re-raises a job's error once its retries are spent
+            logger.info("%s fold %d finished on Ray (%d jobs left)", name, k, len(pending))
+    finally:
+        if started_here:
+            ray.shutdown()
+    return finish(members, prep)
