@@ -1,0 +1,100 @@
+"""The blend YAML as typed dataclasses (read with fb3stack.config.from_dict: unknown keys are errors)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fb3stack.config import ConfigError, apply_overrides, from_dict, load_yaml
+
+
+@dataclass
+class MethodSpec:
+    """One method to try: `kind` is a key of fb3stack.blend.methods.METHODS, `params` its constructor args."""
+
+    name: str
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    meta: bool = False  # feed BlendConfig.meta_features to the method (only the LightGBM stacker uses them)
+
+
+@dataclass
+class OuterConfig:
+    """How the nested CV's outer folds are made.
+
+    auto: the members' fold column when they have one, else a seeded KFold; zoo: require the fold column;
+    kfold: `repeats` seeded KFolds of `n_folds`; file: a folds CSV (text_id, fold) such as the public 4-fold split.
+    """
+
+    split: Literal["auto", "zoo", "kfold", "file"] = "auto"
+    file: str | None = None
+    n_folds: int = 5
+    repeats: int = 1
+    seed: int = 42
+
+
+@dataclass
+class SelectionConfig:
+    """Member selection inside each outer fold (so its effect is part of the nested score)."""
+
+    enabled: bool = False
+    prune_corr: float | None = 0.999  # drop a member this correlated with a better one (mean over traits)
+    forward: bool = True  # greedy forward selection by the training rows' error of the members' mean
+    max_members: int | None = None
+    min_gain: float = 0.0
+
+
+def default_methods() -> list[MethodSpec]:
+    return [
+        MethodSpec("mean", "mean"),
+        MethodSpec("slsqp", "scipy", {"method": "SLSQP"}),
+        MethodSpec("slsqp-shrink", "scipy", {"method": "SLSQP", "shrink": 0.03}),
+        MethodSpec("slsqp-shared-shrink", "scipy", {"method": "SLSQP", "shrink": 0.01, "per_trait": False}),
+        MethodSpec("nelder-mead", "scipy", {"method": "Nelder-Mead", "bounds": None, "maxiter": 50}),
+        MethodSpec("nnls", "nnls"),
+        MethodSpec("caruana", "hillclimb"),
+        MethodSpec("caruana-negative", "hillclimb", {"allow_negative": True}),
+        MethodSpec("caruana-bagged", "hillclimb", {"n_bags": 20, "per_trait": False}),
+        MethodSpec("ridge-on-mean", "ridge", {"alpha": 100.0}),
+        MethodSpec("ridge-cross-trait", "ridge", {"alpha": 3000.0, "cross_trait": True}),
+    ]
+
+
+@dataclass
+class BlendConfig:
+    name: str = "blend"
+    # workspace member names, OOF file paths (relative to the YAML or the current folder) or glob patterns
+    members: list[str] = field(default_factory=list)
+    methods: list[MethodSpec] = field(default_factory=default_methods)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    meta_features: list[str] = field(default_factory=list)  # n_words, n_chars, n_paragraphs, n_sentences
+    data_dir: str | None = None  # overridden by --data-dir and $FB3STACK_DATA
+    train_file: str = "train.csv"
+    source: str | None = None  # the YAML this was read from; set by load_blend_config
+
+    def __post_init__(self) -> None:
+        names = [m.name for m in self.methods]
+        if len(set(names)) != len(names):
+            raise ValueError(f"method names must be unique, got {names}")
+        if not self.methods:
+            raise ValueError("at least one method is needed")
+        if self.outer.n_folds < 2 or self.outer.repeats < 1:
+            raise ValueError("outer.n_folds must be >= 2 and outer.repeats >= 1")
+
+
+def load_blend_config(path: str | os.PathLike, overrides: list[str] | None = None) -> BlendConfig:
+    raw = apply_overrides(load_yaml(path), overrides)
+    if "blend" in raw and "members" not in raw:  # a zoo YAML with an inline or referenced blend section
+        blend = raw["blend"]
+        if isinstance(blend, str):
+            return load_blend_config(Path(path).parent / blend, overrides)
+        if not isinstance(blend, dict):
+            raise ConfigError(f"{path}: 'blend' must be a mapping or a path to a blend YAML")
+        raw = blend
+    raw.pop("source", None)
+    cfg = from_dict(BlendConfig, raw, where=str(path))
+    cfg.source = str(Path(path).resolve())
+    return cfg

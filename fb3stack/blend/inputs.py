@@ -1,0 +1,169 @@
+"""Loading the members to blend and aligning them on text_id, refusing anything that would mislead.
+
+A member is either a workspace model folder (models/<name>/oof.parquet: text_id, fold, six traits) or an
+external OOF file (CSV or parquet with text_id and the six traits, e.g. the public FB3 OOFs). Members are
+aligned to the label order of train.csv; different id sets, NaN, duplicate ids and members trained on
+different folds are refused with a DataError naming the file, the row or id, and the column.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
+from fb3stack.data import DataError
+from fb3stack.io import sha256_file
+from fb3stack.workspace import Workspace
+
+logger = logging.getLogger(__name__)
+
+OOF_FILE = "oof.parquet"
+
+
+@dataclass
+class Member:
+    """One first-layer member's OOF predictions, aligned to the label rows."""
+
+    name: str
+    path: Path  # the OOF file read
+    preds: np.ndarray  # (n, 6) in label order
+    folds: np.ndarray | None  # (n,) fold of each row when the file has a fold column
+    external: bool  # True for an OOF file outside the workspace: it can be scored but cannot predict new essays
+    sha256: str
+
+
+def read_oof(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("OOF file not found", file=path)
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
+        raise DataError(f"cannot read OOF file: {err}", file=path) from err
+    missing = [c for c in (ID_COL, *TARGETS) if c not in df.columns]
+    if missing:
+        raise DataError(f"missing column(s) {missing}; found {list(df.columns)}", file=path, column=missing[0])
+    return df
+
+
+def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFrame:
+    """Refuse duplicates, NaN/non-numeric predictions and id sets that differ from the labels'."""
+    ids = df[ID_COL].astype(str).str.strip()
+    dup = ids.duplicated(keep=False).to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[1])
+        raise DataError(f"duplicate text_id '{ids.iloc[i]}' ({int(dup.sum())} rows share an id)", file=path,
+                        row=i + 1, column=ID_COL, text_id=ids.iloc[i])
+    for col in TARGETS:
+        values = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(values))
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(f"NaN or non-numeric prediction ({len(bad)} such rows)", file=path, row=i + 1,
+                            column=col, text_id=ids.iloc[i])
+    have, want = set(ids), set(label_ids)
+    if have != want:
+        extra, missing = sorted(have - want), sorted(want - have)
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} training id(s) missing, e.g. {missing[:3]}")
+        if extra:
+            parts.append(f"{len(extra)} id(s) not in the training labels, e.g. {extra[:3]}")
+        raise DataError("id set differs from train.csv: " + "; ".join(parts), file=path, column=ID_COL,
+                        text_id=(missing or extra)[0])
+    return df.assign(**{ID_COL: ids})
+
+
+def load_member(spec: str, label_ids: pd.Series, ws: Workspace | None, base_dir: Path | None = None) -> Member:
+    """`spec` is a workspace member name (models/<spec>/oof.parquet) or a path to an OOF file."""
+    model_dir = ws.model_dir(spec) if ws is not None else None
+    if model_dir is not None and (model_dir / OOF_FILE).is_file():
+        path, name, external = model_dir / OOF_FILE, spec, False
+    else:
+        path = Path(spec)
+        if not path.is_absolute() and base_dir is not None and not path.exists():
+            path = base_dir / path
+        if not path.is_file():
+            where = f" nor a model in {ws.root / 'models'}" if ws is not None else ""
+            raise DataError(f"member '{spec}' is neither an OOF file{where}", file=path)
+        name, external = path.stem.removesuffix("_oof_df").removesuffix("_oof"), True
+    df = check_oof(read_oof(path), path, label_ids).set_index(ID_COL).loc[label_ids.to_numpy()]
+    preds = df[list(TARGETS)].to_numpy(dtype=np.float64)
+    folds = df[FOLD_COL].to_numpy().astype(int) if FOLD_COL in df.columns else None
+    return Member(name, path, preds, folds, external, sha256_file(path))
+
+
+def expand_specs(specs: list[str], base_dir: Path | None = None) -> list[str]:
+    """Expand glob patterns (relative to `base_dir` when not found as given); names pass through."""
+    out: list[str] = []
+    for spec in specs:
+        if any(ch in spec for ch in "*?["):
+            pattern = spec if Path(spec).is_absolute() or base_dir is None else str(base_dir / spec)
+            hits = sorted(glob.glob(spec)) or sorted(glob.glob(pattern))
+            if not hits:
+                raise DataError(f"member pattern '{spec}' matches no file", file=pattern)
+            out += hits
+        else:
+            out.append(spec)
+    return out
+
+
+def load_members(specs: list[str], labels: pd.DataFrame, ws: Workspace | None = None,
+                 base_dir: Path | None = None) -> list[Member]:
+    """Load and align every member; refuse members whose fold columns disagree."""
+    label_ids = labels[ID_COL].astype(str)
+    members = [load_member(s, label_ids, ws, base_dir) for s in expand_specs(specs, base_dir)]
+    if not members:
+        raise DataError("no members to blend")
+    names = [m.name for m in members]
+    dups = sorted({n for n in names if names.count(n) > 1})
+    if dups:
+        raise DataError(f"member name(s) {dups} appear more than once; rename the files or list each once")
+    check_same_folds(members, label_ids)
+    return members
+
+
+def check_same_folds(members: list[Member], label_ids: pd.Series) -> None:
+    """Members trained on different folds have OOFs from different models per row: blending them is unfair."""
+    with_folds = [m for m in members if m.folds is not None]
+    if not with_folds:
+        return
+    ref = with_folds[0]
+    for m in with_folds[1:]:
+        diff = np.flatnonzero(m.folds != ref.folds)
+        if len(diff):
+            i = int(diff[0])
+            raise DataError(
+                f"trained on different folds than '{ref.name}' ({ref.path}): {len(diff)} rows differ, e.g. "
+                f"fold {m.folds[i]} vs {ref.folds[i]}", file=m.path, column=FOLD_COL, text_id=label_ids.iloc[i],
+            )
+
+
+def member_folds(members: list[Member]) -> np.ndarray | None:
+    """The shared fold column of the members, or None when none has one."""
+    return next((m.folds for m in members if m.folds is not None), None)
+
+
+def meta_features(labels: pd.DataFrame, names: list[str]) -> np.ndarray | None:
+    """Per-essay features for stackers; computed from the essay text so they exist for new essays too."""
+    if not names:
+        return None
+    if TEXT_COL not in labels.columns:
+        raise DataError(f"meta-features {names} need the '{TEXT_COL}' column")
+    text = labels[TEXT_COL].astype(str)
+    known = {
+        "n_words": lambda: text.str.split().str.len(),
+        "n_chars": lambda: text.str.len(),
+        "n_paragraphs": lambda: text.str.count("\n\n") + 1,
+        "n_sentences": lambda: text.str.count(r"[.!?]+") + 1,
+    }
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown meta-feature(s) {unknown}; choose from {sorted(known)}")
+    return np.stack([np.log1p(known[n]().to_numpy(dtype=np.float64)) for n in names], axis=1)

@@ -1,0 +1,174 @@
+"""Run a blend: load members, score every method by nested CV, keep the best, write workspace/blends/<name>/.
+
+    blends/<name>/config.yaml     the BlendConfig used
+    blends/<name>/spec.json       chosen method, members in order, per-trait weights or the stacker file, clip
+    blends/<name>/blender.joblib  the chosen method refitted on all OOF rows
+    blends/<name>/oof.parquet     text_id(, fold), six traits: the chosen method's nested-CV (held-out) predictions
+    blends/<name>/table.csv, .md  every member and method: in-sample vs nested MCRMSE, per trait, wall time
+    blends/<name>/manifest.json   hashes of the labels, members, folds and config
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from fb3stack.blend.config import BlendConfig, MethodSpec
+from fb3stack.blend.fitted import MODEL_FILE, SPEC_FILE
+from fb3stack.blend.inputs import Member, load_members, member_folds, meta_features
+from fb3stack.blend.methods import Blender, make_method
+from fb3stack.blend.nested import OuterSplit, in_sample, nested_cv, outer_splits
+from fb3stack.blend.selection import SelectThenBlend
+from fb3stack.config import ConfigError, to_dict
+from fb3stack.constants import FOLD_COL, ID_COL, SCORE_MAX, SCORE_MIN, TARGETS
+from fb3stack.data import fingerprint, load_train, resolve_data_dir
+from fb3stack.folds import read_folds
+from fb3stack.io import atomic_dir, sha256_json, write_csv, write_json, write_parquet, write_text, write_yaml
+from fb3stack.metrics import rmse_per_trait
+from fb3stack.workspace import Workspace, write_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class BlendResult:
+    table: pd.DataFrame
+    chosen: str
+    blend_dir: Path | None
+    oof: np.ndarray  # chosen method's nested-CV predictions (mean over repeats)
+
+
+def resolve_outer(cfg: BlendConfig, members: list[Member], labels: pd.DataFrame,
+                  base_dir: Path | None) -> tuple[list[OuterSplit], np.ndarray | None, str]:
+    """The outer splits, the fold column they came from (if any), and a description for the table."""
+    o, n = cfg.outer, len(labels)
+    folds = member_folds(members)
+    if o.split == "zoo" and folds is None:
+        raise ConfigError("outer.split is 'zoo' but no member has a fold column; use 'kfold' or 'file'")
+    if o.split == "file":
+        if not o.file:
+            raise ConfigError("outer.split is 'file' but outer.file is not set")
+        path = Path(o.file)
+        if not path.is_absolute() and base_dir is not None and not path.exists():
+            path = base_dir / path
+        f = read_folds(path, labels).set_index(ID_COL).loc[labels[ID_COL], FOLD_COL].to_numpy().astype(int)
+        return outer_splits(n, f), f, f"folds file {path} ({len(np.unique(f))} folds)"
+    if o.split in ("auto", "zoo") and folds is not None:
+        return outer_splits(n, folds), folds, f"the members' own {len(np.unique(folds))} folds"
+    return (outer_splits(n, None, o.n_folds, o.repeats, o.seed), None,
+            f"{o.repeats} x seeded KFold({o.n_folds}), seed {o.seed}")
+
+
+def build_method(spec: MethodSpec, cfg: BlendConfig) -> Blender:
+    model = make_method(spec.kind, spec.params)
+    s = cfg.selection
+    if s.enabled:
+        model = SelectThenBlend(model, s.prune_corr, s.forward, s.max_members, s.min_gain)
+    return model
+
+
+def _row(name: str, kind: str, ins: np.ndarray, nested: np.ndarray, std: float, seconds: float) -> dict:
+    row = {"name": name, "kind": kind, "in_sample": float(ins.mean()), "nested": float(nested.mean()),
+           "nested_std": std, "seconds": round(seconds, 3)}
+    row.update({f"nested_{t}": float(v) for t, v in zip(TARGETS, nested)})
+    row.update({f"in_sample_{t}": float(v) for t, v in zip(TARGETS, ins)})
+    return row
+
+
+def score_methods(cfg: BlendConfig, P: np.ndarray, y: np.ndarray, splits: list[OuterSplit], meta: np.ndarray | None,
+                  member_names: list[str]) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """One table row per member (its OOF as is: nothing fitted, so in-sample = nested) and per method."""
+    rows = []
+    for name, p in zip(member_names, P):
+        per = rmse_per_trait(y, p)
+        rows.append(_row(name, "member", per, per, 0.0, 0.0))
+    oofs = {}
+    for spec in cfg.methods:
+        est = build_method(spec, cfg)
+        m = meta if spec.meta else None
+        t0 = time.perf_counter()
+        res = nested_cv(est, P, y, splits, meta=m)
+        _, ins, _ = in_sample(est, P, y, meta=m)
+        rows.append(_row(spec.name, spec.kind, ins, res.per_trait, res.mcrmse_std, time.perf_counter() - t0))
+        oofs[spec.name] = res.mean_oof
+        logger.info("%-24s nested %.5f  in-sample %.5f  (%.2fs)", spec.name, res.mcrmse, ins.mean(),
+                    rows[-1]["seconds"])
+    return pd.DataFrame(rows), oofs
+
+
+def to_markdown(table: pd.DataFrame, chosen: str, outer_desc: str) -> str:
+    cols = ["name", "kind", "in_sample", "nested", "nested_std", *[f"nested_{t}" for t in TARGETS], "seconds"]
+    head = "| " + " | ".join(c.replace("nested_", "") if c.startswith("nested_") and c != "nested_std" else c
+                             for c in cols) + " |"
+    lines = [f"Nested CV over {outer_desc}; chosen method: **{chosen}** (lowest nested MCRMSE).", "", head,
+             "|" + "---|" * len(cols)]
+    for _, r in table.iterrows():
+        cells = [f"{r[c]:.5f}" if isinstance(r[c], float) and c != "seconds" else f"{r[c]}" for c in cols]
+        if r["name"] == chosen:
+            cells[0] = f"**{cells[0]}**"
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def weights_spec(model: Blender, names: list[str]) -> dict | None:
+    try:
+        w, b = model.weights_, model.intercept_  # type: ignore[attr-defined]
+    except AttributeError:
+        return None
+    return {"weights": {t: {n: float(w[i, k]) for i, n in enumerate(names)} for k, t in enumerate(TARGETS)},
+            "intercept": {t: float(b[k]) for k, t in enumerate(TARGETS)}}
+
+
+def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: str | os.PathLike | None = None,
+              write: bool = True) -> BlendResult:
+    base_dir = Path(cfg.source).parent if cfg.source else None
+    labels = load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file)
+    ws = Workspace.at(workspace) if workspace is not None else None
+    members = load_members(cfg.members, labels, ws, base_dir)
+    names = [m.name for m in members]
+    P, y = np.stack([m.preds for m in members]), labels[list(TARGETS)].to_numpy(dtype=np.float64)
+    splits, outer_folds, outer_desc = resolve_outer(cfg, members, labels, base_dir)
+    meta = meta_features(labels, cfg.meta_features) if any(s.meta for s in cfg.methods) else None
+    logger.info("blending %d members over %d essays; outer folds: %s", len(members), len(y), outer_desc)
+    table, oofs = score_methods(cfg, P, y, splits, meta, names)
+    methods = table[table["kind"] != "member"]
+    chosen = str(methods.sort_values("nested", kind="stable").iloc[0]["name"])
+    result = BlendResult(table, chosen, None, oofs[chosen])
+    if not write or ws is None:
+        return result
+    spec_cfg = next(s for s in cfg.methods if s.name == chosen)
+    final = build_method(spec_cfg, cfg).fit(P, y, meta=meta if spec_cfg.meta else None)
+    external = [m.name for m in members if m.external]
+    spec = {
+        "name": cfg.name, "method": chosen, "kind": spec_cfg.kind, "params": spec_cfg.params,
+        "selection": to_dict(cfg.selection) if cfg.selection.enabled else None,
+        "members": names, "external_members": external, "member_files": [str(m.path) for m in members],
+        "meta_features": cfg.meta_features if spec_cfg.meta else [], "uses_meta": bool(spec_cfg.meta),
+        "clip": [SCORE_MIN, SCORE_MAX], "model_file": MODEL_FILE, "outer": outer_desc,
+        "nested_mcrmse": float(methods.set_index("name").loc[chosen, "nested"]),
+        **(weights_spec(final, names) or {}),
+    }
+    oof = pd.DataFrame(result.oof, columns=list(TARGETS))
+    if outer_folds is not None:
+        oof.insert(0, FOLD_COL, outer_folds)
+    oof.insert(0, ID_COL, labels[ID_COL].to_numpy())
+    target = ws.blend_dir(cfg.name)
+    with atomic_dir(target) as tmp:
+        write_yaml(tmp / "config.yaml", to_dict(cfg))
+        joblib.dump(final, tmp / MODEL_FILE)
+        write_json(tmp / SPEC_FILE, spec)
+        write_parquet(tmp / "oof.parquet", oof)
+        write_csv(tmp / "table.csv", table)
+        write_text(tmp / "table.md", to_markdown(table, chosen, outer_desc))
+        write_manifest(tmp, data_hash=fingerprint(labels), config_hash=sha256_json(to_dict(cfg)),
+                       members_hash=sha256_json({m.name: m.sha256 for m in members}),
+                       folds_hash=sha256_json(outer_desc if outer_folds is None else outer_folds.tolist()))
+    result.blend_dir = target
+    return result

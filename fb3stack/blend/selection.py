@@ -1,0 +1,87 @@
+"""Member selection: near-duplicate pruning and greedy forward selection, run inside `fit`.
+
+Selection is itself fitted to data, so `SelectThenBlend` does it in `fit` on the rows it is given; nested CV
+of the wrapper then scores selection and blending together on rows neither saw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import clone
+
+from fb3stack.blend.methods import Blender, MeanBlend, WeightBlender
+
+
+def single_rmse(P: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """MCRMSE of each member alone, shape (m,)."""
+    return np.sqrt(np.mean((P - y[None]) ** 2, axis=1)).mean(axis=1)
+
+
+def prune_near_duplicates(P: np.ndarray, y: np.ndarray, threshold: float) -> list[int]:
+    """Keep members best-first, dropping any whose mean per-trait correlation with a kept one exceeds threshold."""
+    order = np.argsort(single_rmse(P, y), kind="stable")
+    Z = (P - P.mean(axis=1, keepdims=True)) / (P.std(axis=1, keepdims=True) + 1e-12)
+    kept: list[int] = []
+    for j in order:
+        corr = [float(np.mean(np.mean(Z[j] * Z[k], axis=0))) for k in kept]
+        if not corr or max(corr) <= threshold:
+            kept.append(int(j))
+    return sorted(kept)
+
+
+def forward_select(P: np.ndarray, y: np.ndarray, candidates: list[int] | None = None, max_members: int | None = None,
+                   min_gain: float = 0.0) -> list[int]:
+    """Greedy: add the member whose inclusion most lowers the MCRMSE of the selected members' mean."""
+    pool = list(range(len(P))) if candidates is None else list(candidates)
+    chosen: list[int] = []
+    total = np.zeros_like(y)
+    best = np.inf
+    while pool and (max_members is None or len(chosen) < max_members):
+        k = len(chosen) + 1
+        scores = [np.sqrt(np.mean(((total + P[j]) / k - y) ** 2, axis=0)).mean() for j in pool]
+        i = int(np.argmin(scores))
+        if scores[i] > best - min_gain:
+            break
+        best = float(scores[i])
+        chosen.append(pool.pop(i))
+        total += P[chosen[-1]]
+    return sorted(chosen)
+
+
+class SelectThenBlend(Blender):
+    """Prune near-duplicates, forward-select members, then fit `base` on the selected members only."""
+
+    def __init__(self, base: Blender | None = None, prune_corr: float | None = 0.999, forward: bool = True,
+                 max_members: int | None = None, min_gain: float = 0.0) -> None:
+        self.base = base
+        self.prune_corr = prune_corr
+        self.forward = forward
+        self.max_members = max_members
+        self.min_gain = min_gain
+
+    def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
+        keep = list(range(len(P)))
+        if self.prune_corr is not None:
+            keep = prune_near_duplicates(P, y, self.prune_corr)
+        if self.forward:
+            keep = forward_select(P, y, keep, self.max_members, self.min_gain)
+        self.selected_ = np.array(keep, dtype=int)
+        self.base_ = clone(self.base if self.base is not None else MeanBlend()).fit(P[self.selected_], y, meta=meta)
+
+    def _predict(self, P: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        return self.base_.predict(P[self.selected_], meta=meta)
+
+    @property
+    def weights_(self) -> np.ndarray:
+        """Full (m, 6) weights with zeros for unselected members, when the base is a weight method."""
+        if not isinstance(self.base_, WeightBlender):
+            raise AttributeError(f"{type(self.base_).__name__} has no weights")
+        w = np.zeros((self.n_members_, self.base_.weights_.shape[1]))
+        w[self.selected_] = self.base_.weights_
+        return w
+
+    @property
+    def intercept_(self) -> np.ndarray:
+        if not isinstance(self.base_, WeightBlender):
+            raise AttributeError(f"{type(self.base_).__name__} has no intercept")
+        return self.base_.intercept_

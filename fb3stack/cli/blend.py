@@ -1,0 +1,31 @@
+"""`fb3stack blend <blend.yaml>`: score blending methods by nested CV and save the best to workspace/blends/."""
+
+from __future__ import annotations
+
+import argparse
+
+from fb3stack.blend.config import load_blend_config
+from fb3stack.blend.run import run_blend
+from fb3stack.cli.common import log_to_workspace
+from fb3stack.workspace import Workspace
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("blend", help="blend member OOFs; nested-CV table of methods; saves the best blend")
+    p.add_argument("config", help="blend YAML (or a zoo YAML with a 'blend' section)")
+    p.add_argument("--workspace", default="workspace", help="workspace folder with models/<name>/ (default: workspace)")
+    p.add_argument("--data-dir", help="folder with train.csv (default: $FB3STACK_DATA, then the config's data_dir)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a blend config value, e.g. --set outer.repeats=3")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_blend_config(args.config, args.overrides)
+    ws = Workspace.at(args.workspace)
+    log_to_workspace(ws, "blend")
+    res = run_blend(cfg, ws.root, args.data_dir)
+    cols = ["name", "kind", "in_sample", "nested", "nested_std", "seconds"]
+    print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    print(f"chosen: {res.chosen}  ->  {res.blend_dir}")
+    return 0
