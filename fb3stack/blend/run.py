@@ -43,6 +43,8 @@ class BlendResult:
     chosen: str
     blend_dir: Path | None
     oof: np.ndarray  # chosen method's nested-CV predictions (mean over repeats)
+    outer: str  # how the outer folds were made
+    outer_folds: np.ndarray | None  # the fold of each row when the outer folds are fixed
 
 
 def resolve_outer(cfg: BlendConfig, members: list[Member], labels: pd.DataFrame,
@@ -140,7 +142,7 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
     table, oofs = score_methods(cfg, P, y, splits, meta, names)
     methods = table[table["kind"] != "member"]
     chosen = str(methods.sort_values("nested", kind="stable").iloc[0]["name"])
-    result = BlendResult(table, chosen, None, oofs[chosen])
+    result = BlendResult(table, chosen, None, oofs[chosen], outer_desc, outer_folds)
     if not write or ws is None:
         return result
     spec_cfg = next(s for s in cfg.methods if s.name == chosen)
