@@ -166,3 +166,43 @@ def test_pkg_backbone_resolves_to_installed_folder():
     assert path.endswith("model") and (__import__("pathlib").Path(path) / "config.json").is_file()
     with pytest.raises(ConfigError, match="not installed"):
         resolve_backbone("pkg:no_such_package_xyz/model")
+
+
+def test_grad_accumulation_matches_one_big_batch(tiny, train_df):
+    from fb3stack.base.transformer.engine import Engine
+
+    tok = load_tokenizer(tiny)
+    enc = tok(train_df["full_text"].head(8).tolist(), truncation=True, max_length=32, padding="max_length",
+              return_tensors="pt")
+    y = torch.tensor(train_df[["cohesion", "syntax", "vocabulary", "phraseology", "grammar", "conventions"]]
+                     .head(8).to_numpy(), dtype=torch.float32)
+    weights = []
+    for accum, chunks in ((1, [slice(0, 8)]), (2, [slice(0, 4), slice(4, 8)])):
+        cfg = tiny_config(tiny, loss="mse", hidden_dropout=0.0, attention_dropout=0.0, head_dropout=0.0,
+                          grad_accum=accum, max_grad_norm=0.5)
+        engine = Engine(_model(tiny, hidden_dropout=0.0, attention_dropout=0.0, head_dropout=0.0), "cpu", "none",
+                        accum, cfg.max_grad_norm)
+        opt = make_optimizer(engine.model, cfg)
+        engine.prepare(opt, make_scheduler(opt, cfg, 10))
+        for s in chunks:
+            with engine.accumulate():
+                engine.backward(make_loss(cfg)(engine.model(enc["input_ids"][s], enc["attention_mask"][s])[0], y[s]))
+        assert engine.sync_step
+        # compare gradients, not updates: Adam and clipping would hide a wrongly scaled gradient
+        weights.append([p.grad.clone() for p in (engine.model.fc.weight,
+                                                  engine.model.backbone.encoder.layer[-1].output.dense.weight)])
+        engine.step()
+        assert engine.model.fc.weight.grad is None and not engine.sync_step
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_token_cache_round_trips_through_disk(tiny, train_df, tmp_path):
+    from fb3stack.base.transformer.data import TokenCache
+
+    tok, texts = load_tokenizer(tiny), train_df["full_text"].head(5).tolist()
+    first = TokenCache(tok, 48, tmp_path).encode(texts)
+    again = TokenCache(tok, 48, tmp_path)
+    assert len(again.ids) == 5  # read back from disk, nothing re-tokenized
+    assert all((a == b).all() and len(a) <= 48 for a, b in zip(first, again.encode(texts)))
+    assert list(first[0]) == tok(texts[0], truncation=True, max_length=48)["input_ids"]

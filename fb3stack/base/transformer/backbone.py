@@ -52,10 +52,7 @@ def load_tokenizer(source: str | Path):  # noqa: ANN201 - a PreTrainedTokenizer 
 def load_backbone(cfg: TransformerConfig, source: str | Path, pretrained: bool = True) -> PreTrainedModel:
     """Pretrained weights from `source` (a folder or hub name), or the bare architecture when not `pretrained`."""
     config = backbone_config(cfg, source)
-    model = AutoModel.from_pretrained(source, config=config) if pretrained else AutoModel.from_config(config)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    return model
+    return AutoModel.from_pretrained(source, config=config) if pretrained else AutoModel.from_config(config)
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -103,6 +100,10 @@ def reinit_top_layers(model: nn.Module, n_layers: int, std: float) -> None:
 
 
 def prepare_backbone(model: PreTrainedModel, cfg: TransformerConfig) -> PreTrainedModel:
+    """Training-time changes; inference loads the plain architecture and the fine-tuned weights."""
+    if cfg.gradient_checkpointing:
+        # transformers 5 renamed it; keep working on 4.x
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
     reinit_top_layers(model, cfg.reinit_layers, getattr(model.config, "initializer_range", 0.02))
     return model

@@ -26,7 +26,9 @@ class TokenCache:
 
     def __init__(self, tokenizer: object, max_len: int, cache_dir: Path | None = None) -> None:
         self.tokenizer, self.max_len = tokenizer, max_len
-        key = sha256_json([type(tokenizer).__name__, str(tokenizer.name_or_path), len(tokenizer), max_len])[:16]
+        # the vocabulary, not the folder name, identifies the tokenizer: a re-installed package may change it
+        vocab = sorted(tokenizer.get_vocab().items())
+        key = sha256_json([type(tokenizer).__name__, vocab, tokenizer("a b")["input_ids"], max_len])[:16]
         self.path = cache_dir / f"tokens-{key}.npz" if cache_dir else None
         self.ids: dict[str, np.ndarray] = {}
         if self.path and self.path.is_file():
