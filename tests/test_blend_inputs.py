@@ -106,8 +106,10 @@ def test_bad_oof_files_are_refused_naming_file_id_and_column(tmp_path, train_df,
 
 
 def test_missing_member_and_column_are_refused(tmp_path, train_df, public_oofs):
-    with pytest.raises(DataError, match="member 'nope' is neither an OOF file nor a model"):
+    with pytest.raises(DataError, match="member 'nope' has no OOF in the workspace; train it first"):
         load_members(["nope"], train_df, Workspace.at(tmp_path / "ws"))
+    with pytest.raises(DataError, match="member 'x.csv' is neither an OOF file nor a model"):
+        load_members(["x.csv"], train_df, Workspace.at(tmp_path / "ws"))
     path = tmp_path / "short_oof.csv"
     pd.read_csv(public_oofs[0]).drop(columns=["syntax"]).to_csv(path, index=False)
     with pytest.raises(DataError, match="missing column.*syntax"):

@@ -90,6 +90,9 @@ def load_member(spec: str, label_ids: pd.Series, ws: Workspace | None, base_dir:
         if not path.is_absolute() and base_dir is not None and not path.exists():
             path = base_dir / path
         if not path.is_file():
+            if model_dir is not None and not path.suffix:  # a plain name: a workspace member not trained yet
+                raise DataError(f"member '{spec}' has no OOF in the workspace; train it first (fb3stack train)",
+                                file=model_dir / OOF_FILE)
             where = f" nor a model in {ws.root / 'models'}" if ws is not None else ""
             raise DataError(f"member '{spec}' is neither an OOF file{where}", file=path)
         name, external = path.stem.removesuffix("_oof_df").removesuffix("_oof"), True
