@@ -39,6 +39,18 @@ def test_slsqp_shrink_pulls_toward_uniform():
     assert np.abs(shrunk - 0.25).sum() < np.abs(free - 0.25).sum()
 
 
+def test_inner_cv_shrink_is_small_for_a_strong_signal_and_large_for_none():
+    P = members(n=800)
+    grid = [0.0, 0.01, 1.0, 100.0]
+    strong = ScipyWeights(shrink_grid=grid, per_trait=False).fit(P, target(P, np.array([1.0, 0.0, 0.0, 0.0])))
+    assert strong.shrink_ == [0.0] and strong.weights_[0, 0] > 0.99
+    # labels unrelated to which member is used: member-specific noise only, uniform weights are best
+    rng = np.random.default_rng(5)
+    y = P.mean(axis=0) + rng.normal(0, 0.5, size=P.shape[1:])
+    none = ScipyWeights(shrink_grid=grid, per_trait=False).fit(P, y)
+    assert none.shrink_[0] >= 1.0
+
+
 def test_nelder_mead_recovers_unconstrained_weights_including_negative():
     P = members(m=3)
     w = np.array([0.9, 0.4, -0.3])

@@ -52,6 +52,9 @@ def default_methods() -> list[MethodSpec]:
         MethodSpec("slsqp", "scipy", {"method": "SLSQP"}),
         MethodSpec("slsqp-shrink", "scipy", {"method": "SLSQP", "shrink": 0.03}),
         MethodSpec("slsqp-shared-shrink", "scipy", {"method": "SLSQP", "shrink": 0.01, "per_trait": False}),
+        # shrink picked inside each fit by an inner CV, so nothing about it was tuned on the nested score
+        MethodSpec("slsqp-shared-shrink-cv", "scipy", {"method": "SLSQP", "per_trait": False,
+                                                       "shrink_grid": [0.0, 0.003, 0.01, 0.03, 0.1, 0.3]}),
         MethodSpec("nelder-mead", "scipy", {"method": "Nelder-Mead", "bounds": None, "maxiter": 50}),
         MethodSpec("nnls", "nnls"),
         MethodSpec("caruana", "hillclimb"),

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.optimize import minimize, nnls
 from sklearn.base import BaseEstimator
 from sklearn.linear_model import Ridge, RidgeCV
+from sklearn.model_selection import KFold
 
 from fb3stack.constants import SCORE_MAX, SCORE_MIN
 
@@ -100,18 +101,38 @@ class ScipyWeights(WeightBlender):
     SLSQP: weights within `bounds` (default non-negative) summing to 1. Nelder-Mead: unconstrained (bounds, when
     given, are enforced by clipping inside the objective). The objective is the MSE (same minimiser as the RMSE,
     smoother); `shrink` adds shrink * ||w - 1/m||^2, an L2 pull toward the plain mean that stops the weights
-    chasing noise in a few thousand rows.
+    chasing noise in a few thousand rows. With `shrink_grid` the shrink is chosen per fit (per trait) by an inner
+    KFold on the rows given to `fit`, so no held-out row informs it; the choice is kept in `shrink_`.
     """
 
     def __init__(self, method: str = "SLSQP", bounds: tuple[float, float] | None = (0.0, 1.0), per_trait: bool = True,
-                 shrink: float = 0.0, maxiter: int = 1000) -> None:
+                 shrink: float = 0.0, shrink_grid: list[float] | None = None, inner_folds: int = 4, seed: int = 0,
+                 maxiter: int = 1000) -> None:
         self.method = method
         self.bounds = bounds
         self.per_trait = per_trait
         self.shrink = shrink
+        self.shrink_grid = shrink_grid
+        self.inner_folds = inner_folds
+        self.seed = seed
         self.maxiter = maxiter
 
+    def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
+        self.shrink_: list[float] = []
+        super()._fit(P, y, meta)
+
     def _fit_weights(self, Pt: np.ndarray, yt: np.ndarray) -> tuple[np.ndarray, float]:
+        shrink = self.shrink
+        if self.shrink_grid:
+            kf = KFold(self.inner_folds, shuffle=True, random_state=self.seed)
+            inner = list(kf.split(yt))
+            errors = [sum(float(np.sum((self._solve(Pt[:, tr], yt[tr], s) @ Pt[:, te] - yt[te]) ** 2))
+                          for tr, te in inner) for s in self.shrink_grid]
+            shrink = float(self.shrink_grid[int(np.argmin(errors))])
+        self.shrink_.append(shrink)
+        return self._solve(Pt, yt, shrink), 0.0
+
+    def _solve(self, Pt: np.ndarray, yt: np.ndarray, shrink: float) -> np.ndarray:
         m, n = Pt.shape
         uniform = np.full(m, 1.0 / m)
         lo, hi = self.bounds if self.bounds is not None else (-np.inf, np.inf)
@@ -122,8 +143,7 @@ class ScipyWeights(WeightBlender):
         def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
             wc = np.clip(w, lo, hi) if clip else w
             mse = float(wc @ G @ wc - 2 * wc @ b + c)
-            return mse + self.shrink * float(np.sum((wc - uniform) ** 2)), 2 * (G @ wc - b) + 2 * self.shrink * (
-                wc - uniform)
+            return mse + shrink * float(np.sum((wc - uniform) ** 2)), 2 * (G @ wc - b) + 2 * shrink * (wc - uniform)
 
         if self.method == "SLSQP":
             res = minimize(loss_grad, uniform, jac=True, method="SLSQP",
@@ -135,7 +155,7 @@ class ScipyWeights(WeightBlender):
                            options={"maxiter": self.maxiter * m, "xatol": 1e-6, "fatol": 1e-9, "adaptive": True})
         else:
             raise ValueError(f"ScipyWeights.method must be 'SLSQP' or 'Nelder-Mead', got {self.method!r}")
-        return (np.clip(res.x, lo, hi) if clip else res.x), 0.0
+        return np.clip(res.x, lo, hi) if clip else res.x
 
 
 class NNLS(WeightBlender):
