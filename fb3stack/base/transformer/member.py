@@ -30,6 +30,7 @@ from fb3stack.base.transformer.model import FB3Model
 from fb3stack.base.transformer.optim import make_optimizer, make_scheduler
 from fb3stack.base.transformer.trainer import Trainer, predict
 from fb3stack.constants import TARGETS, TEXT_COL
+from fb3stack.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +47,17 @@ class TransformerMember(Member):
     config_cls = TransformerConfig
     config: TransformerConfig
 
+    def __init__(self, config: TransformerConfig, workspace: Workspace | None = None) -> None:
+        super().__init__(config, workspace)
+        self._caches: dict[tuple[str, int], TokenCache] = {}
+
     def _tokens(self, tokenizer: object, texts: list[str]) -> list[np.ndarray]:
         """Token ids, tokenized once per tokenizer and reused across folds (and runs, via the workspace)."""
-        caches = self.__dict__.setdefault("_caches", {})
         key = (str(tokenizer.name_or_path), len(tokenizer))
-        if key not in caches:
+        if key not in self._caches:
             folder = self.workspace.cache_dir("tokens") if self.workspace else None
-            caches[key] = TokenCache(tokenizer, self.config.max_len, folder)
-        return caches[key].encode(texts)
+            self._caches[key] = TokenCache(tokenizer, self.config.max_len, folder)
+        return self._caches[key].encode(texts)
 
     def _setup(self) -> None:
         if self.config.num_threads:

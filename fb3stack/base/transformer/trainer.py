@@ -32,7 +32,7 @@ def predict(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]
     was_training = model.training
     model.eval()
     preds, feats = [], []
-    for batch in loader:
+    for batch in tqdm(loader, desc="predict", leave=False, mininterval=2):
         batch = engine.to_device(batch)
         with engine.autocast():
             p, f = model(batch["input_ids"], batch["attention_mask"])
