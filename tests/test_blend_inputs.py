@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fb3stack.blend.inputs import load_members
+from fb3stack.blend.inputs import load_members, workspace_label_ids
 from fb3stack.constants import FOLD_COL, ID_COL, TARGETS
 from fb3stack.data import DataError
 from fb3stack.workspace import Workspace
@@ -114,3 +114,34 @@ def test_missing_member_and_column_are_refused(tmp_path, train_df, public_oofs):
     pd.read_csv(public_oofs[0]).drop(columns=["syntax"]).to_csv(path, index=False)
     with pytest.raises(DataError, match="missing column.*syntax"):
         load_members([str(path)], train_df)
+
+
+def test_members_on_an_older_workspace_split_are_refused(tmp_path, train_df, public_oofs, folds):
+    ws = Workspace.at(tmp_path / "ws")
+    path = write_model(ws, "a", workspace_oof(public_oofs[0], folds))
+    folds.assign(**{FOLD_COL: (folds[FOLD_COL] + 1) % 4}).to_csv(ws.folds_path, index=False)
+    with pytest.raises(DataError, match="other folds than the workspace's") as err:
+        load_members(["a"], train_df, ws)
+    assert str(path) in str(err.value)
+
+
+def test_a_subset_workspace_blends_on_its_own_essays(tmp_path, train_df, public_oofs, folds):
+    ws = Workspace.at(tmp_path / "ws")
+    subset = folds.sample(500, random_state=0)
+    subset.to_csv(ws.folds_path, index=False)
+    write_model(ws, "a", workspace_oof(public_oofs[0], subset))
+    labels = workspace_label_ids(ws, train_df)
+    assert set(labels[ID_COL]) == set(subset[ID_COL])
+    assert load_members(["a"], labels, ws)[0].preds.shape == (500, 6)
+    with pytest.raises(DataError, match="3411 training id\\(s\\) missing"):
+        load_members(["a"], train_df, ws)  # against the full labels the subset member is refused
+
+
+def test_non_integer_fold_is_refused(tmp_path, train_df, public_oofs, folds):
+    ws = Workspace.at(tmp_path / "ws")
+    oof = workspace_oof(public_oofs[0], folds).astype({FOLD_COL: float})
+    oof.loc[7, FOLD_COL] = 1.5
+    path = write_model(ws, "a", oof)
+    with pytest.raises(DataError, match="fold must be a non-negative integer") as err:
+        load_members(["a"], train_df, ws)
+    assert str(path) in str(err.value) and "row 8" in str(err.value)

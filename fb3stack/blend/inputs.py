@@ -67,6 +67,13 @@ def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFram
             i = int(bad[0])
             raise DataError(f"NaN or non-numeric prediction ({len(bad)} such rows)", file=path, row=i + 1,
                             column=col, text_id=ids.iloc[i])
+    if FOLD_COL in df.columns:
+        folds = pd.to_numeric(df[FOLD_COL], errors="coerce")
+        bad = np.flatnonzero((folds.isna() | (folds < 0) | (folds != folds.round())).to_numpy())
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(f"fold must be a non-negative integer, got {df[FOLD_COL].iloc[i]!r}", file=path,
+                            row=i + 1, column=FOLD_COL, text_id=ids.iloc[i])
     have, want = set(ids), set(label_ids)
     if have != want:
         extra, missing = sorted(have - want), sorted(want - have)
@@ -129,6 +136,8 @@ def load_members(specs: list[str], labels: pd.DataFrame, ws: Workspace | None = 
     if dups:
         raise DataError(f"member name(s) {dups} appear more than once; rename the files or list each once")
     check_same_folds(members, label_ids)
+    if ws is not None:
+        check_workspace_folds(members, ws, label_ids)
     return members
 
 
@@ -146,6 +155,39 @@ def check_same_folds(members: list[Member], label_ids: pd.Series) -> None:
                 f"trained on different folds than '{ref.name}' ({ref.path}): {len(diff)} rows differ, e.g. "
                 f"fold {m.folds[i]} vs {ref.folds[i]}", file=m.path, column=FOLD_COL, text_id=label_ids.iloc[i],
             )
+
+
+def check_workspace_folds(members: list[Member], ws: Workspace, label_ids: pd.Series) -> None:
+    """Workspace members must carry the workspace's current folds.csv; otherwise they are from an older split."""
+    if not ws.folds_path.is_file():
+        return
+    ref = pd.read_csv(ws.folds_path, dtype={ID_COL: str}).set_index(ID_COL)[FOLD_COL]
+    if not set(label_ids) <= set(ref.index):
+        return  # folds.csv covers other essays than the labels; the id check already speaks for the members
+    expected = ref.loc[label_ids.to_numpy()].to_numpy().astype(int)
+    for m in members:
+        if m.folds is None or m.external:
+            continue
+        diff = np.flatnonzero(m.folds != expected)
+        if len(diff):
+            i = int(diff[0])
+            raise DataError(
+                f"trained on other folds than the workspace's {ws.folds_path} ({len(diff)} rows differ, e.g. fold "
+                f"{m.folds[i]} vs {expected[i]}); retrain it on the current folds", file=m.path, column=FOLD_COL,
+                text_id=label_ids.iloc[i],
+            )
+
+
+def workspace_label_ids(ws: Workspace | None, labels: pd.DataFrame) -> pd.DataFrame:
+    """Restrict the labels to the workspace's essays when its folds.csv covers a subset (a `data.limit` zoo)."""
+    if ws is None or not ws.folds_path.is_file():
+        return labels
+    ids = set(pd.read_csv(ws.folds_path, dtype={ID_COL: str})[ID_COL].str.strip())
+    keep = labels[ID_COL].isin(ids)
+    if keep.all() or not keep.any():
+        return labels
+    logger.info("workspace folds cover %d of %d training essays: blending on those", int(keep.sum()), len(labels))
+    return labels[keep].reset_index(drop=True)
 
 
 def member_folds(members: list[Member]) -> np.ndarray | None:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from fb3stack.blend.config import BlendConfig, MethodSpec
 from fb3stack.blend.fitted import MODEL_FILE, SPEC_FILE
-from fb3stack.blend.inputs import Member, load_members, member_folds, meta_features
+from fb3stack.blend.inputs import Member, load_members, member_folds, meta_features, workspace_label_ids
 from fb3stack.blend.methods import Blender, make_method
 from fb3stack.blend.nested import OuterSplit, in_sample, nested_cv, outer_splits
 from fb3stack.blend.selection import SelectThenBlend
@@ -133,6 +133,7 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
     base_dir = Path(cfg.source).parent if cfg.source else None
     labels = load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file)
     ws = Workspace.at(workspace) if workspace is not None else None
+    labels = workspace_label_ids(ws, labels)
     members = load_members(cfg.members, labels, ws, base_dir)
     names = [m.name for m in members]
     P, y = np.stack([m.preds for m in members]), labels[list(TARGETS)].to_numpy(dtype=np.float64)
