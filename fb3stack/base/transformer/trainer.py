@@ -39,6 +39,8 @@ def predict(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]
         preds.append(p.float().cpu())
         feats.append(f.float().cpu())
     model.train(was_training)
+    if not preds:
+        return np.empty((0, 6)), np.empty((0, model.pooler.out_dim), np.float32)
     order = loader_order(loader)
     out_p, out_f = np.empty((len(order), preds[0].shape[1])), np.empty((len(order), feats[0].shape[1]), np.float32)
     out_p[order], out_f[order] = torch.cat(preds).numpy(), torch.cat(feats).numpy()
