@@ -197,7 +197,7 @@ class HillClimb(WeightBlender):
         if self.n_bags <= 0:
             return self._climb(Pt, yt), 0.0
         rng = np.random.default_rng(self.seed)
-        k = max(1, int(round(self.bag_fraction * m)))
+        k = max(min(2, m), int(round(self.bag_fraction * m)))  # a one-member bag is just a random member
         w = np.zeros(m)
         for _ in range(self.n_bags):
             idx = np.sort(rng.choice(m, size=k, replace=False))
