@@ -1,0 +1,1 @@
+"""Offline submission: predict a test CSV from saved fold models and a fitted blend, bundle for Kaggle."""

@@ -1,0 +1,125 @@
+"""A self-contained folder to predict offline, as in a Kaggle code competition.
+
+    DIR/bundle.json        what is inside, and the backbone specs rewritten to bundled folders
+    DIR/models/<member>/   config.yaml + every fold's model files (checkpoints, tokenizers, sklearn/LightGBM)
+    DIR/blend/             the fitted blend (spec.json, saved stacker)
+    DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM for embed-svr)
+    DIR/wheels/            the fb3stack wheel and the wheels a Kaggle image lacks
+    DIR/README.md          the two lines that predict from it
+
+    pip install --no-index --find-links DIR/wheels fb3stack
+    fb3stack predict --bundle DIR --test test.csv --out submission.csv
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from fb3stack import __version__
+from fb3stack.base.runner import SavedMember
+from fb3stack.config import to_dict
+from fb3stack.io import atomic_dir, write_json, write_text
+from fb3stack.submit.predict import PredictSources
+
+logger = logging.getLogger(__name__)
+
+# what fb3stack needs beyond a Kaggle GPU image (torch, transformers, lightgbm, sklearn, pandas ... are there)
+EXTRA_WHEELS = ("iterative-stratification", "textstat", "pyphen", "pyspellchecker")
+SKIP_IN_FOLDS = {"embeddings.npy"}  # OOF-only artefacts that prediction never reads
+
+
+def backbone_folders(config: dict) -> dict[str, Path]:
+    """Config values that name a local model folder (a path or a `pkg:` spec) → the folder."""
+    from fb3stack.base.backbones import resolve_backbone_path
+
+    found: dict[str, Path] = {}
+    values = [v for v in config.values() if isinstance(v, str)]
+    values += [x for v in config.values() if isinstance(v, list) for x in v if isinstance(x, str)]
+    for value in values:
+        if value.startswith("pkg:") or (os.sep in value and Path(value).is_dir()):
+            path = Path(resolve_backbone_path(value))
+            if (path / "config.json").is_file():
+                found[value] = path
+    return found
+
+
+def _slug(spec: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", spec.removeprefix("pkg:")).strip("_")[:80]
+
+
+def build_wheels(dest: Path, extra: tuple[str, ...] = EXTRA_WHEELS) -> list[str]:
+    """The fb3stack wheel from its source tree, plus the installed versions of `extra` from the registry."""
+    dest.mkdir(parents=True, exist_ok=True)
+    source = Path(__file__).resolve().parents[2]
+    pip = [sys.executable, "-m", "pip"]
+    if (source / "pyproject.toml").is_file():
+        subprocess.run([*pip, "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(dest), str(source)],
+                       check=True)
+    else:
+        logger.warning("fb3stack source tree not found; the bundle has no fb3stack wheel")
+    for name in extra:
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            logger.warning("%s is not installed; not bundled", name)
+            continue
+        subprocess.run([*pip, "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(dest),
+                        f"{name}=={version}"], check=True)
+    return sorted(p.name for p in dest.glob("*.whl"))
+
+
+def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str | None = None,
+                wheels: bool = True) -> Path:
+    from fb3stack.blend import load_fitted_blend
+
+    sources = PredictSources.from_workspace(workspace, blend)
+    fitted = load_fitted_blend(sources.blend_dir)
+    out = Path(out)
+    with atomic_dir(out) as tmp:
+        paths: dict[str, str] = {}
+        for name in fitted.members:
+            saved = SavedMember.load(sources.models_root / name)
+            dest = tmp / "models" / name
+            for item in ("config.yaml", "metrics.json", "manifest.json"):
+                if (saved.model_dir / item).is_file():
+                    dest.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(saved.model_dir / item, dest / item)
+            for fold in saved.fold_dirs:
+                shutil.copytree(fold, dest / fold.name, ignore=lambda _d, names: [n for n in names
+                                                                                   if n in SKIP_IN_FOLDS])
+            for spec, folder in backbone_folders(to_dict(saved.config)).items():
+                rel = f"backbones/{_slug(spec)}"
+                if not (tmp / rel).exists():
+                    shutil.copytree(folder, tmp / rel, ignore=shutil.ignore_patterns("*.onnx", "openvino*", "*.h5"))
+                paths[spec] = rel
+        shutil.copytree(sources.blend_dir, tmp / "blend")
+        wheel_names = build_wheels(tmp / "wheels") if wheels else []
+        write_json(tmp / "bundle.json", {
+            "fb3stack_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "blend": sources.blend_dir.name, "members": list(fitted.members), "paths": paths, "wheels": wheel_names,
+        })
+        write_text(tmp / "README.md", BUNDLE_README.format(members=", ".join(fitted.members)))
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    logger.info("bundle written to %s (%.1f MB, members: %s)", out, size / 2**20, fitted.members)
+    return out
+
+
+BUNDLE_README = """# fb3stack offline bundle
+
+Members: {members}. Everything needed to predict is in this folder; no network is used.
+
+```bash
+pip install --no-index --find-links wheels fb3stack
+HF_HUB_OFFLINE=1 fb3stack predict --bundle . --test /kaggle/input/feedback-prize-english-language-learning/test.csv \\
+    --sample-submission /kaggle/input/feedback-prize-english-language-learning/sample_submission.csv \\
+    --out submission.csv
+```
+"""

@@ -1,0 +1,124 @@
+"""Essays in, submission.csv out, from local files only.
+
+Each member of the chosen blend is loaded from its folder (every fold's saved model), predicts the test
+essays, and its fold-averaged predictions are cached under `predictions/<test hash>/<member>.npy`, so a run
+that is stopped resumes with the members not yet done and gives the same file as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fb3stack.base.runner import SavedMember
+from fb3stack.constants import ID_COL, SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
+from fb3stack.data import DataError, fingerprint, load_sample_submission, load_test
+from fb3stack.io import read_json, save_npy, write_csv
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PredictSources:
+    """Where the models and the blend live: a workspace, or a bundle made by `fb3stack bundle`."""
+
+    models_root: Path  # folder holding <member>/config.yaml + fold<k>/
+    blend_dir: Path
+    cache_root: Path  # where per-member test predictions are cached
+    path_map: dict[str, str]  # config values to rewrite (bundle: backbone specs -> bundled folders)
+
+    @classmethod
+    def from_workspace(cls, workspace: str | os.PathLike, blend: str | None = None) -> PredictSources:
+        root = Path(workspace)
+        return cls(root / "models", _pick_blend(root / "blends", blend), root / "predictions", {})
+
+    @classmethod
+    def from_bundle(cls, bundle: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> PredictSources:
+        root = Path(bundle).resolve()
+        meta = read_json(root / "bundle.json")
+        path_map = {spec: str(root / rel) for spec, rel in meta.get("paths", {}).items()}
+        cache = Path(cache_root) if cache_root else root / "predictions"
+        return cls(root / "models", root / "blend", cache, path_map)
+
+
+def _pick_blend(blends_root: Path, name: str | None) -> Path:
+    if name:
+        path = blends_root / name
+        if not (path / "spec.json").is_file():
+            raise FileNotFoundError(f"{path}: no fitted blend (spec.json); run `fb3stack blend` first")
+        return path
+    found = sorted(p for p in blends_root.glob("*") if (p / "spec.json").is_file()) if blends_root.is_dir() else []
+    if len(found) != 1:
+        names = [p.name for p in found]
+        raise FileNotFoundError(f"{blends_root}: expected exactly one fitted blend, found {names}; pass --blend NAME")
+    return found[0]
+
+
+def _rewrite(value: object, path_map: dict[str, str]) -> object:
+    if isinstance(value, str):
+        return path_map.get(value, value)
+    if isinstance(value, list):
+        return [_rewrite(v, path_map) for v in value]
+    return value
+
+
+def member_predictions(sources: PredictSources, members: list[str], test: pd.DataFrame) -> list[np.ndarray]:
+    """(n, 6) fold-averaged predictions of each member, cached per test set so a restart resumes."""
+    cache = sources.cache_root / fingerprint(test[[ID_COL, TEXT_COL]])[:16]
+    out = []
+    for name in members:
+        path = cache / f"{name}.npy"
+        if path.is_file():
+            logger.info("%s: cached test predictions reused (%s)", name, path)
+            out.append(np.load(path))
+            continue
+        model_dir = sources.models_root / name
+        if not (model_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{model_dir}: member '{name}' of the blend has no saved model")
+        saved = SavedMember.load(model_dir)
+        for field_name in vars(saved.config):
+            setattr(saved.config, field_name, _rewrite(getattr(saved.config, field_name), sources.path_map))
+        t0 = time.perf_counter()
+        preds = np.asarray(saved.predict(test), dtype=np.float64)
+        if preds.shape != (len(test), len(TARGETS)) or not np.isfinite(preds).all():
+            raise ValueError(f"{name}: predictions of shape {preds.shape} with NaN/inf are unusable")
+        save_npy(path, preds)
+        logger.info("%s: predicted %d essays with %d folds in %.1f s", name, len(test), len(saved.fold_dirs),
+                    time.perf_counter() - t0)
+        out.append(preds)
+    return out
+
+
+def order_like_sample(sub: pd.DataFrame, sample_path: str | os.PathLike | None) -> pd.DataFrame:
+    """Rows and columns in the order of sample_submission.csv when it is given and has the same ids."""
+    if sample_path is None or not Path(sample_path).is_file():
+        return sub
+    sample = load_sample_submission(sample_path)
+    if set(sample[ID_COL]) != set(sub[ID_COL]):
+        raise DataError(
+            f"ids differ from the test file ({len(set(sample[ID_COL]) ^ set(sub[ID_COL]))} not shared)",
+            file=sample_path, column=ID_COL,
+        )
+    return sub.set_index(ID_COL).loc[sample[ID_COL]].reset_index()[list(sample.columns)]
+
+
+def predict_submission(sources: PredictSources, test_path: str | os.PathLike, out_path: str | os.PathLike,
+                       sample_path: str | os.PathLike | None = None) -> pd.DataFrame:
+    from fb3stack.blend import load_fitted_blend
+
+    test = load_test(test_path)
+    blend = load_fitted_blend(sources.blend_dir)
+    preds = member_predictions(sources, list(blend.members), test)
+    final = np.clip(blend.predict(preds, test), SCORE_MIN, SCORE_MAX)
+    sub = pd.DataFrame(final, columns=list(TARGETS))
+    sub.insert(0, ID_COL, test[ID_COL].to_numpy())
+    sub = order_like_sample(sub, sample_path)
+    write_csv(out_path, sub)
+    logger.info("wrote %s (%d essays, blend %s of %s)", out_path, len(sub), sources.blend_dir.name, blend.members)
+    return sub
