@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from helpers_tiny_deberta import build_tiny_deberta, tiny_config
@@ -206,3 +207,26 @@ def test_token_cache_round_trips_through_disk(tiny, train_df, tmp_path):
     assert len(again.ids) == 5  # read back from disk, nothing re-tokenized
     assert all((a == b).all() and len(a) <= 48 for a, b in zip(first, again.encode(texts)))
     assert list(first[0]) == tok(texts[0], truncation=True, max_length=48)["input_ids"]
+
+
+def _fit(tiny, train_df, tmp_path, **overrides):
+    from fb3stack.base.transformer.member import TransformerMember
+
+    rows = train_df.head(40)
+    member = TransformerMember(tiny_config(tiny, max_len=48, **overrides))
+    return member.fit_fold(rows.iloc[:24].reset_index(drop=True), rows.iloc[24:].reset_index(drop=True), 0, tmp_path)
+
+
+def test_early_stopping_after_patience_evaluations(tiny, train_df, tmp_path):
+    # with zero learning rates every evaluation scores the same, so the second one is "no improvement"
+    result = _fit(tiny, train_df, tmp_path, lr=0.0, head_lr=0.0, eval_every=1, patience=1, epochs=3)
+    assert result.info["stopped_early"] and result.info["steps"] == 2 and len(result.history) == 2
+    assert result.info["best_step"] == 1 and (tmp_path / "model.safetensors").is_file()
+
+
+def test_fit_with_awp_accumulation_and_concat_pooler(tiny, train_df, tmp_path):
+    result = _fit(tiny, train_df, tmp_path, adversarial="awp", adv_start_epoch=0, grad_accum=2,
+                  pooler="mean-last4-concat", pooler_layers=2, epochs=1)
+    assert result.preds.shape == (16, 6) and result.embeddings.shape == (16, 64)
+    assert result.info["steps"] == 2  # 3 batches of 8, accumulated in pairs: 2 optimiser steps
+    assert np.isfinite(result.preds).all()

@@ -118,9 +118,9 @@ class Trainer:
                           step, stop)
 
     def lr(self) -> float:
-        """The top encoder layer's current learning rate (the scheduler scales every group alike)."""
-        sched = self.engine.scheduler
-        return self.cfg.lr * sched.get_last_lr()[0] / sched.base_lrs[0]
+        """The backbone's largest current learning rate: the top encoder layer's under LLRD."""
+        groups = self.engine.optimizer.param_groups
+        return max((g["lr"] for g in groups if not g.get("name", "").startswith("head")), default=0.0)
 
     def evaluate(self, loader: DataLoader, y: np.ndarray, step: int, epoch: float, run_loss: torch.Tensor,
                  run_n: int, grad_norm: torch.Tensor) -> bool:
