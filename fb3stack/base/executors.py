@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from fb3stack import dist
 from fb3stack.base.member import MemberConfig
 from fb3stack.base.runner import begin_member, finalize_member, fold_done, member_is_complete, train_fold
 from fb3stack.io import read_json
@@ -36,7 +37,9 @@ def pending_jobs(members: Sequence[MemberConfig], prep: Prepared, folds: Sequenc
 
 
 def finish(members: Sequence[MemberConfig], prep: Prepared) -> dict[str, dict]:
-    results = {}
+    results: dict[str, dict] = {}
+    if not dist.is_main():  # data-parallel helper processes write nothing
+        return results
     for m in members:
         model_dir = prep.workspace.model_dir(m.name)
         if all(fold_done(model_dir, k) for k in range(prep.n_folds)):

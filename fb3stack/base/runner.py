@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fb3stack import dist
 from fb3stack.base.member import Member, MemberConfig
 from fb3stack.base.registry import load_member_config, member_class
 from fb3stack.config import RunConfig, to_dict
@@ -71,7 +73,15 @@ def build_member(cfg: MemberConfig, prep: Prepared | None = None) -> Member:
 
 
 def begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
-    """Create or check models/<name>; a member made from other data/folds/config is archived, not reused."""
+    """Create or check models/<name>; a member made from other data/folds/config is archived, not reused.
+
+    Under data parallelism the main process does this first; the others then find it up to date.
+    """
+    with dist.main_first():
+        return _begin_member(cfg, prep)
+
+
+def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
     model_dir = prep.workspace.model_dir(cfg.name)
     expected = expected_hashes(cfg, prep)
     if model_dir.exists() and read_manifest(model_dir) is not None:
@@ -100,13 +110,20 @@ def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | No
     if fold_done(model_dir, fold):
         logger.info("%s fold %d: done already, skipped", cfg.name, fold)
         return target
-    for leftover in model_dir.glob(f".fold{fold}.*.tmp"):  # a run killed in this fold (no cleanup ran)
-        shutil.rmtree(leftover, ignore_errors=True)
+    if dist.is_main():
+        for leftover in model_dir.glob(f".fold{fold}.*.tmp"):  # a run killed in this fold (no cleanup ran)
+            shutil.rmtree(leftover, ignore_errors=True)
     member = member or build_member(cfg, prep)
     df = prep.train
     train = df[df[FOLD_COL] != fold].reset_index(drop=True)
     valid = df[df[FOLD_COL] == fold].reset_index(drop=True)
     logger.info("%s fold %d: training on %d essays, validating on %d", cfg.name, fold, len(train), len(valid))
+    if not dist.is_main():
+        # data-parallel helper process: trains alongside the main one, which alone writes the fold folder
+        with tempfile.TemporaryDirectory(prefix=f"fb3stack-rank{dist.rank()}-") as scratch:
+            member.fit_fold(train, valid, fold, Path(scratch))
+        dist.barrier()
+        return target
     t0 = time.perf_counter()
     with atomic_dir(target) as tmp:
         result = member.fit_fold(train, valid, fold, tmp)
@@ -126,6 +143,7 @@ def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | No
         report.update(fold=fold, seconds=round(time.perf_counter() - t0, 2), **(result.info or {}))
         write_json(tmp / "metrics.json", report)
         write_parquet(tmp / "oof.parquet", oof)  # written last: marks the fold as complete
+    dist.barrier()
     logger.info("%s fold %d: MCRMSE %.4f (%.0f s)", cfg.name, fold, report["mcrmse"], report["seconds"])
     return target
 

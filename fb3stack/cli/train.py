@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from fb3stack import dist
 from fb3stack.base.executors import RayOptions, run_local, run_ray
 from fb3stack.base.runner import resolve_members
 from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config
@@ -52,10 +53,15 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f"--only names unknown member(s) {sorted(unknown)}; have {[m.name for m in members]}")
         members = [m for m in members if m.name in args.only]
-    prep = prepare(cfg, args.data_dir, args.workspace, force_folds=args.force_folds)
-    log_to_workspace(prep.workspace, "train")
-    save_resolved_config(prep.workspace, cfg)
+    dist.init()  # no-op unless launched by accelerate/torchrun
+    with dist.main_first():  # only the main process writes folds.csv; the others read it
+        prep = prepare(cfg, args.data_dir, args.workspace, force_folds=args.force_folds)
+    if dist.is_main():
+        log_to_workspace(prep.workspace, "train")
+        save_resolved_config(prep.workspace, cfg)
     folds = [int(k) for k in args.folds.split(",")] if args.folds else None
+    if args.executor == "ray" and dist.is_distributed():
+        raise SystemExit("--executor ray schedules whole jobs; launch it once, not under accelerate/torchrun")
     if args.executor == "ray":
         options = RayOptions(args.ray_address, args.ray_gpus, args.ray_cpus, args.max_retries)
         results = run_ray(members, prep, folds, options)

@@ -19,11 +19,13 @@ import pandas as pd
 import torch
 from safetensors.torch import load_model
 
+from fb3stack import dist
 from fb3stack.base.member import FoldResult, Member
 from fb3stack.base.transformer.adversarial import make_adversary
 from fb3stack.base.transformer.backbone import load_backbone, load_tokenizer, prepare_backbone, resolve_backbone
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import TokenCache, make_loader
+from fb3stack.base.transformer.ddp import make_engine, shard_rows, shard_train_loader
 from fb3stack.base.transformer.engine import Engine
 from fb3stack.base.transformer.losses import make_loss
 from fb3stack.base.transformer.model import FB3Model
@@ -76,9 +78,11 @@ class TransformerMember(Member):
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         train_loader = make_loader(self._tokens(tokenizer, train[TEXT_COL].tolist()), y_train, cfg.batch_size,
                                    True, pad, cfg.seed + fold, cfg.bucket_batches)
-        valid_loader = make_loader(self._tokens(tokenizer, valid[TEXT_COL].tolist()), None, cfg.eval_batch_size,
-                                   False, pad)
-        engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
+        train_loader = shard_train_loader(train_loader)  # data parallel: this process's share of the batches
+        rows = shard_rows(len(valid))
+        valid_tokens = self._tokens(tokenizer, valid[TEXT_COL].tolist())
+        valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad)
+        engine = make_engine(model, cfg)
         optimizer = make_optimizer(engine.model, cfg)
         total = -(-len(train_loader) // cfg.grad_accum) * cfg.epochs
         engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))
@@ -86,7 +90,8 @@ class TransformerMember(Member):
         tokenizer.save_pretrained(fold_dir / "tokenizer")
         trainer = Trainer(cfg, engine, make_loss(cfg), make_adversary(cfg.adversarial, engine.model, cfg),
                           fold_dir / CHECKPOINT, desc=f"{cfg.name} fold {fold}")
-        out = trainer.fit(train_loader, valid_loader, valid[list(TARGETS)].to_numpy(np.float64))
+        out = trainer.fit(train_loader, valid_loader, valid[list(TARGETS)].to_numpy(np.float64),
+                          rows if dist.is_distributed() else None)
         info = {"best_step": out.best_step, "steps": out.steps, "stopped_early": out.stopped_early,
                 "best_valid_mcrmse": out.best_score, "train_seconds": round(time.perf_counter() - t0, 1),
                 "device": str(engine.device), "amp": str(engine.amp_dtype)}

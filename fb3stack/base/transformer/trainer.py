@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from fb3stack.base.transformer.adversarial import AWP, FGM
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import loader_order
+from fb3stack.base.transformer.ddp import gather_rows, unwrap
 from fb3stack.base.transformer.engine import Engine
 from fb3stack.base.transformer.losses import LossFn
 from fb3stack.metrics import mcrmse
@@ -25,10 +26,21 @@ from fb3stack.metrics import mcrmse
 logger = logging.getLogger(__name__)
 
 
+def predict(engine: Engine, loader: DataLoader, rows: np.ndarray | None = None, n_rows: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """(predictions, pooled features) in the loader's row order (not its length-sorted batch order).
+
+    Under data parallelism the loader holds this process's `rows` of `n_rows`; the result is gathered whole.
+    """
+    preds, feats = _predict_local(engine, loader)
+    if rows is None:
+        return preds, feats
+    return gather_rows(n_rows, rows, preds, feats)
+
+
 @torch.inference_mode()
-def predict(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    """(predictions, pooled features) in the loader's row order (not its length-sorted batch order)."""
-    model = engine.model
+def _predict_local(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
+    model = unwrap(engine.model)
     was_training = model.training
     model.eval()
     preds, feats = [], []
@@ -69,8 +81,11 @@ class Trainer:
             preds, _ = self.engine.model(batch["input_ids"], batch["attention_mask"])
             return self.loss_fn(preds, batch["labels"])
 
-    def fit(self, train_loader: DataLoader, valid_loader: DataLoader, y_valid: np.ndarray) -> FitOutcome:
+    def fit(self, train_loader: DataLoader, valid_loader: DataLoader, y_valid: np.ndarray,
+            valid_rows: np.ndarray | None = None) -> FitOutcome:
+        """`valid_rows`: under data parallelism, the rows of `y_valid` that this process's valid_loader holds."""
         cfg, engine = self.cfg, self.engine
+        self.valid_rows = valid_rows
         steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
         self.total_steps = steps_per_epoch * cfg.epochs
         self.best, self.best_step, self.bad_evals = math.inf, -1, 0
@@ -125,12 +140,12 @@ class Trainer:
     def evaluate(self, loader: DataLoader, y: np.ndarray, step: int, epoch: float, run_loss: torch.Tensor,
                  run_n: int, grad_norm: torch.Tensor) -> bool:
         """Score the current weights, keep them if best; True when early stopping says stop."""
-        preds, emb = predict(self.engine, loader)
+        preds, emb = predict(self.engine, loader, self.valid_rows, len(y))
         score = mcrmse(y, preds)
         improved = score < self.best
         if improved:
             self.best, self.best_step, self.best_preds, self.best_emb, self.bad_evals = score, step, preds, emb, 0
-            save_model(self.engine.model, str(self.checkpoint))
+            save_model(unwrap(self.engine.model), str(self.checkpoint))
         else:
             self.bad_evals += 1
         self.rows.append({"step": step, "epoch": round(epoch, 3), "train_loss": run_loss.item() / max(run_n, 1),

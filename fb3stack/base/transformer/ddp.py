@@ -1,0 +1,107 @@
+"""Data-parallel training of one fold on N processes (GPUs or CPU/gloo) through Hugging Face accelerate.
+
+Launch the usual command under `accelerate launch` (or `torchrun`); every process runs it:
+
+    accelerate launch --num_processes 4 -m fb3stack train configs/models/deberta-v3-large.yaml --workspace W
+
+* training batches: every process builds the same length-bucketed batch order (same seed) and takes every
+  N-th batch, the last round filled with batches from the start so all processes step together;
+* gradients: DDP all-reduces them in backward (accelerate wraps the model after the optimiser is built, so
+  layer-wise LR groups keep their parameter names);
+* validation: rows are split into N disjoint shards, each process predicts its shard and the predictions are
+  gathered by row index, so no row is dropped or counted twice and every process sees the same score;
+* artefacts: only the main process writes them (fb3stack.base.runner).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+
+from fb3stack import dist
+from fb3stack.base.transformer.config import TransformerConfig
+from fb3stack.base.transformer.engine import Engine
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Every `world`-th batch of `inner`, starting at `rank`; all ranks get the same number of batches."""
+
+    def __init__(self, inner: Sampler[list[int]], rank: int, world: int) -> None:
+        self.inner, self.rank, self.world = inner, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.inner.set_epoch(epoch)
+
+    def batches(self) -> list[list[int]]:
+        batches = list(self.inner)
+        total = math.ceil(len(batches) / self.world) * self.world
+        batches += batches[: total - len(batches)]  # fill the last round so no rank waits on a missing batch
+        return batches[self.rank :: self.world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.inner) / self.world)
+
+
+def shard_train_loader(loader: DataLoader) -> DataLoader:
+    if not dist.is_distributed():
+        return loader
+    sampler = ShardedBatchSampler(loader.batch_sampler, dist.rank(), dist.world_size())
+    return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn,
+                      num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+
+
+def shard_rows(n: int) -> np.ndarray:
+    """This process's disjoint share of `n` validation rows (all of them when not distributed)."""
+    if not dist.is_distributed():
+        return np.arange(n)
+    return np.array_split(np.arange(n), dist.world_size())[dist.rank()]
+
+
+def gather_rows(n: int, rows: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Reassemble per-process row shards into full (n, ...) arrays on every process."""
+    if not dist.is_distributed():
+        return arrays
+    parts = dist.gather_objects((rows, arrays))
+    seen = np.concatenate([r for r, _ in parts])
+    if len(seen) != n or len(np.unique(seen)) != n:
+        raise RuntimeError(f"validation shards cover {len(np.unique(seen))} of {n} rows with {len(seen)} entries")
+    out = []
+    for k, ref in enumerate(arrays):
+        full = np.empty((n, *ref.shape[1:]), dtype=ref.dtype)
+        for r, arrs in parts:
+            full[r] = arrs[k]
+        out.append(full)
+    return tuple(out)
+
+
+class DDPEngine(Engine):
+    """Engine whose model is wrapped for DistributedDataParallel by accelerate once the optimiser exists."""
+
+    def __init__(self, model: nn.Module, amp: str = "auto", grad_accum: int = 1, max_grad_norm: float = 0.0) -> None:
+        from accelerate import Accelerator
+
+        # mixed precision stays with Engine.autocast, so CPU and GPU runs share one code path
+        self.accelerator = Accelerator(mixed_precision="no")
+        super().__init__(model, str(self.accelerator.device), amp, grad_accum, max_grad_norm)
+
+    def prepare(self, optimizer: object, scheduler: object) -> None:
+        super().prepare(optimizer, scheduler)
+        self.model = self.accelerator.prepare_model(self.model)
+
+
+def make_engine(model: nn.Module, cfg: TransformerConfig) -> Engine:
+    if dist.is_distributed():
+        return DDPEngine(model, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
+    return Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
