@@ -152,7 +152,8 @@ def test_predict_from_fold_dir_reproduces_oof(kind: str, trained: dict, prep, tm
     member = member_class(kind)(cfg, None)
     preds = member.predict_fold(valid[["text_id", TEXT_COL]], moved)
     oof = joblib_free_oof(model_dir, valid)
-    np.testing.assert_allclose(preds, oof, atol=1e-5)
+    # re-embedding batches texts differently (other padding), which may move the last float digits
+    np.testing.assert_allclose(preds, oof, atol=1e-4)
     assert ((preds >= 1) & (preds <= 5)).all()
 
 

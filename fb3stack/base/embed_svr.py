@@ -62,7 +62,7 @@ class EmbedSVRMember(Member):
             return Ridge(alpha=c.alpha)
         from sklearn.svm import SVR
 
-        return SVR(C=c.C, epsilon=c.epsilon, kernel=c.kernel)
+        return SVR(C=c.C, epsilon=c.epsilon, kernel=c.kernel, cache_size=1000)
 
     def fit_fold(self, train: pd.DataFrame, valid: pd.DataFrame, fold: int, fold_dir: Path) -> FoldResult:
         t0 = time.perf_counter()

@@ -20,12 +20,13 @@ from typing import Literal
 import numpy as np
 
 from fb3stack.base.backbones import resolve_backbone_path
-from fb3stack.io import read_json, save_npy, write_json
+from fb3stack.io import atomic_path, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
 Pooler = Literal["mean", "cls", "max"]
 Precision = Literal["auto", "float32", "bfloat16"]
+STORE_FILE = "store.npz"
 _IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt")
 
 
@@ -100,6 +101,20 @@ def _encode(path: str, texts: list[str], max_len: int, pooler: Pooler, batch_siz
     return out
 
 
+def _read_store(path: Path, key_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
+    if not path.is_file():
+        return np.array([], dtype=key_dtype), None
+    with np.load(path) as z:
+        return z["keys"], z["values"]
+
+
+def _write_store(path: Path, keys: np.ndarray, values: np.ndarray) -> None:
+    # keys and vectors in one atomically replaced file: parallel fold jobs (Ray) may write the same store,
+    # and the last writer wins with a consistent pair; a lost update only means recomputing later
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, keys=keys, values=values)
+
+
 def store_dir(cache_dir: Path, spec: str, max_len: int, pooler: Pooler, precision: str) -> Path:
     return Path(cache_dir) / f"{backbone_identity(spec)[:16]}-len{max_len}-{pooler}-{precision}"
 
@@ -111,8 +126,7 @@ def _embed_one(texts: list[str], spec: str, max_len: int, pooler: Pooler, cache_
         return _encode(path, texts, max_len, pooler, batch_size, num_threads, precision)
     store = store_dir(cache_dir, spec, max_len, pooler, precision)
     keys = text_keys(texts)
-    known_keys = np.load(store / "keys.npy") if (store / "keys.npy").is_file() else np.array([], dtype=keys.dtype)
-    known = np.load(store / "emb.npy") if known_keys.size else None
+    known_keys, known = _read_store(store / STORE_FILE, keys.dtype)
     index = {k: i for i, k in enumerate(known_keys)}
     missing = sorted({k for k in keys if k not in index})
     if missing:
@@ -122,9 +136,7 @@ def _embed_one(texts: list[str], spec: str, max_len: int, pooler: Pooler, cache_
         known = new if known is None else np.concatenate([known, new])
         known_keys = np.concatenate([known_keys, np.array(missing)])
         index = {k: i for i, k in enumerate(known_keys)}
-        # emb before keys: a reader that sees the new keys always finds the rows they point at
-        save_npy(store / "emb.npy", known)
-        save_npy(store / "keys.npy", known_keys)
+        _write_store(store / STORE_FILE, known_keys, known)
         write_json(store / "meta.json", {"backbone": spec, "path": path, "max_len": max_len, "pooler": pooler,
                                          "precision": precision,
                                          "n_texts": len(known_keys), "dim": int(known.shape[1])})

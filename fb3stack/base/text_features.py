@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fb3stack.io import read_json, save_npy, write_json
+from fb3stack.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
 FEATURE_VERSION = "1"
+STORE_FILE = "store.npz"
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
 _PUNCT = {"comma": ",", "period": ".", "question": "?", "exclaim": "!", "apostrophe": "'", "quote": '"',
@@ -130,9 +131,9 @@ def text_features(texts: list[str], cache_dir: str | os.PathLike | None = None) 
         return compute_features(list(texts))
     store = Path(cache_dir) / f"v{FEATURE_VERSION}"
     keys = np.array([hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts])
-    if (store / "keys.npy").is_file():
-        known_keys, known = np.load(store / "keys.npy"), np.load(store / "values.npy")
-        columns = read_json(store / "meta.json")["columns"]
+    if (store / STORE_FILE).is_file():
+        with np.load(store / STORE_FILE) as z:
+            known_keys, known, columns = z["keys"], z["values"], z["columns"].tolist()
     else:
         known_keys, known, columns = np.array([], dtype=keys.dtype), None, None
     index = {k: i for i, k in enumerate(known_keys)}
@@ -144,8 +145,8 @@ def text_features(texts: list[str], cache_dir: str | os.PathLike | None = None) 
         known = new.to_numpy() if known is None else np.concatenate([known, new.to_numpy()])
         known_keys = np.concatenate([known_keys, np.array(missing)])
         index = {k: i for i, k in enumerate(known_keys)}
-        save_npy(store / "values.npy", known)
-        save_npy(store / "keys.npy", known_keys)
-        write_json(store / "meta.json", {"version": FEATURE_VERSION, "columns": columns, "n_texts": len(known_keys)})
+        # one atomically replaced file, so parallel fold jobs never leave keys and rows out of step
+        with atomic_path(store / STORE_FILE) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, keys=known_keys, values=known, columns=np.array(columns))
         logger.info("computed text features for %d new texts; %d cached", len(missing), len(keys) - len(missing))
     return pd.DataFrame(known[[index[k] for k in keys]], columns=columns)
