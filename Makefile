@@ -12,10 +12,9 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 	bash scripts/bootstrap.sh $(VENV)
 	touch $@
 
-# the main job on the default CPU config
+# the main job on the default CPU config: data check, folds, zoo, blend, submission.csv + report.md
 run: setup
-	$(VENV)/bin/fb3stack check-data
-	$(VENV)/bin/fb3stack folds $(ZOO) --workspace $(WORKSPACE)
+	$(VENV)/bin/fb3stack run $(ZOO) --workspace $(WORKSPACE)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow"
