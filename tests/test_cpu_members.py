@@ -24,7 +24,7 @@ TINY_LEN = 64
 
 MEMBERS = {
     "tfidf-ridge": {"name": "tfidf", "kind": "tfidf-ridge", "char_ngram_max": 4},
-    "features-lgbm": {"name": "lgbm", "kind": "features-lgbm", "n_estimators": 150},
+    "features-lgbm": {"name": "lgbm", "kind": "features-lgbm", "n_estimators": 150, "num_threads": 1},
     "embed-svr": {"name": "svr", "kind": "embed-svr", "max_len": TINY_LEN, "batch_size": 32, "C": 1.0},
 }
 
