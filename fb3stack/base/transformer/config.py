@@ -63,6 +63,9 @@ class TransformerConfig(MemberConfig):
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 if the GPU has it, else fp16; CPU: fp32
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     bucket_batches: int = 50  # length-sorted buckets hold this many batches
+    # AdamW kernel: auto = fused (one kernel for all tensors) where this torch has it for the device, else
+    # foreach; all three give the same result within float rounding
+    optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
 
     def __post_init__(self) -> None:
         if self.trait_weights is not None and len(self.trait_weights) != 6:

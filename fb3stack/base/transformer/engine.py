@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -25,8 +28,52 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+@cache
+def physical_cores() -> int:
+    """Distinct (socket, core) pairs in /proc/cpuinfo; hyper-threads share one core's matmul units."""
+    try:
+        cores, socket = set(), "0"
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                socket = value.strip()
+            elif key.strip() == "core id":
+                cores.add((socket, value.strip()))
+        if cores:
+            return min(len(cores), os.cpu_count() or len(cores))
+    except OSError:
+        pass
+    return os.cpu_count() or 1
+
+
+def limit_cpu_threads() -> None:
+    """Never more torch threads than physical cores: a second thread per core only fights for the same units.
+
+    Only lowers the count, so an explicit num_threads (or a worker's OMP_NUM_THREADS) below it is kept.
+    """
+    if torch.get_num_threads() > physical_cores():
+        logger.info("torch threads %d -> %d (physical cores)", torch.get_num_threads(), physical_cores())
+        torch.set_num_threads(physical_cores())
+
+
+def cpu_bf16_supported() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it, fp16 otherwise; None (fp32) on CPU or when switched off."""
+    """bf16 where the GPU supports it, fp16 otherwise; None (fp32) on CPU or when switched off.
+
+    On CPU only an explicit `bf16` turns autocast on (fast on AMX / AVX512-BF16 cores): it changes the
+    numbers, so CPU runs stay fp32 unless asked.
+    """
+    if device.type == "cpu" and name == "bf16":
+        if cpu_bf16_supported():
+            return torch.bfloat16
+        logger.warning("amp: bf16 asked for, but this CPU has no fast bf16; running fp32")
+        return None
     if device.type != "cuda" or name == "none":
         return None
     if name == "auto":
@@ -44,13 +91,18 @@ class Engine:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.micro_step = 0
+        if self.device.type == "cpu":
+            limit_cpu_threads()
         logger.info("engine: %s, autocast %s, grad_accum %d", self.device, self.amp_dtype or "off (fp32)", grad_accum)
 
     def prepare(self, optimizer: torch.optim.Optimizer, scheduler: object) -> None:
         self.optimizer, self.scheduler = optimizer, scheduler
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if self.device.type == "cpu":
+            return batch
+        # a copy from pinned host memory is truly asynchronous: the GPU never waits on the host for it
+        return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:

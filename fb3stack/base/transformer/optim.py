@@ -8,6 +8,7 @@ norm weights (every 1-D parameter) get no weight decay. Frozen parameters are le
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -15,6 +16,8 @@ from torch import nn
 
 from fb3stack.base.transformer.backbone import embeddings_module, encoder_layers
 from fb3stack.base.transformer.config import TransformerConfig
+
+logger = logging.getLogger(__name__)
 
 
 def _no_decay(name: str, p: nn.Parameter) -> bool:
@@ -48,7 +51,18 @@ def param_groups(model: nn.Module, cfg: TransformerConfig) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, cfg: TransformerConfig) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    """LLRD AdamW; create it after the model is on its device (fused kernels are picked per device)."""
+    groups = param_groups(model, cfg)
+    kwargs = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.adam_eps)
+    impl = cfg.optimizer_impl
+    if impl in ("auto", "fused"):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError) as e:  # an older torch, or a device without the fused kernel
+            if impl == "fused":
+                raise
+            logger.info("fused AdamW unavailable (%s); using foreach", e)
+    return torch.optim.AdamW(groups, foreach=impl != "for-loop", **kwargs)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TransformerConfig,
