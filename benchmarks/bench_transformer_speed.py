@@ -7,7 +7,8 @@ tokens. Inference MFU = achieved model FLOP/s / the fp32 matmul peak measured in
 Cases: MiniLM (the pretrained CPU backbone; max_len 512 only, it has 512 absolute positions) and a small
 DeBERTa-v2 built from a config (random weights; relative positions, so max_len 1024 works) at 512 and 1024.
 
-    python benchmarks/bench_transformer_speed.py            # full run, ~10 min on 2 cores
+    python benchmarks/bench_transformer_speed.py            # full run, ~5 min on 2 idle cores
+    python benchmarks/bench_transformer_speed.py --bf16     # also opt-in bf16 CPU inference
     python benchmarks/bench_transformer_speed.py --quick    # a smoke run with few essays
 """
 
@@ -22,11 +23,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import torch
+os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the trainer would drown the table; before any import
 
-os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars of the trainer would drown the table
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -123,7 +125,8 @@ def fb3_predict(model: FB3Model, tokenizer: object, texts: list[str], cfg: Trans
 
 
 def run_case(label: str, source: str, max_len: int, train_texts: list[str], y: np.ndarray, infer_texts: list[str],
-             peak: float, tmp: Path, bf16: bool, dropout: float | None, repeats: int) -> list[dict]:
+             peak: float, tmp: Path, bf16: float, dropout: float | None, repeats: int) -> list[dict]:
+    """bf16: the measured bf16 matmul peak when bf16 inference is timed too, else 0."""
     cfg = bench_config(source, max_len, dropout=dropout)
     tokenizer = load_tokenizer(source)
     torch.manual_seed(0)
@@ -177,7 +180,7 @@ def run_case(label: str, source: str, max_len: int, train_texts: list[str], y: n
             t_bf += wall
         rows.append({**row, "phase": "infer-bf16", "fb3_s": t_bf, "fb3_cpu_s": float("nan"),
                      "fb3_tok_s": tokens / t_bf, "speedup": t["seed_s"] / t_bf, "speedup_cpu_time": float("nan"),
-                     "fb3_mfu": flops / t_bf / peak, "max_abs_pred_diff": float(np.abs(p_seed - p_bf).max())})
+                     "fb3_mfu": flops / t_bf / bf16, "max_abs_pred_diff": float(np.abs(p_seed - p_bf).max())})
     return rows
 
 
@@ -206,6 +209,9 @@ def main() -> None:
     info = machine_info()
     peak = matmul_peak()
     print(f"machine: {info}\nfp32 matmul peak (2048^2 torch.mm, best of 5): {peak / 1e9:.1f} GFLOP/s")
+    peak_bf16 = matmul_peak(dtype=torch.bfloat16) if args.bf16 else 0.0
+    if args.bf16:  # the bf16 rows' MFU is against this peak: comparing to fp32's would flatter them
+        print(f"bf16 matmul peak (same): {peak_bf16 / 1e9:.1f} GFLOP/s")
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,9 +223,10 @@ def main() -> None:
             name, max_len = case.rsplit("-", 1)
             label = {"minilm": "MiniLM-L6 (pretrained)", "deberta": "DeBERTa-v2 small (random init)"}[name]
             for row in run_case(label, sources[name], int(max_len), train_texts, y_train, infer_texts, peak, tmp,
-                                args.bf16, None if args.keep_dropout else 0.0,
+                                peak_bf16, None if args.keep_dropout else 0.0,
                                 args.repeats):
-                rows.append({**info, "peak_gflops": peak / 1e9, "quick": args.quick,
+                rows.append({**info, "peak_gflops": peak / 1e9, "peak_bf16_gflops": peak_bf16 / 1e9,
+                             "quick": args.quick,
                              "backbone_dropout": "own" if args.keep_dropout else 0.0, **row})
                 print(f"{label:32s} max_len {max_len:>4s} {row['phase']:10s} seed {row['seed_tok_s']:8.0f} tok/s"
                       f"  fb3stack {row['fb3_tok_s']:8.0f} tok/s  x{row['speedup']:.2f}"
