@@ -34,6 +34,14 @@ def test_sharded_batches_cover_every_batch_and_stay_in_step():
     assert len(seen) - 37 < 3 * 4
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _train(args: list[str], cwd: Path, launcher: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run([*launcher, "-m", "fb3stack", "train", *args], cwd=cwd, env=env, capture_output=True,
@@ -55,7 +63,7 @@ def test_accelerate_two_processes_match_single_process(fb3_dir, train_df, tmp_pa
     _train([*common, "--workspace", "ddp"], tmp_path,
            [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
             "--mixed_precision", "no",
-            "--dynamo_backend", "no", "--main_process_port", "29533"])
+            "--dynamo_backend", "no", "--main_process_port", str(_free_port())])
     single = pd.read_parquet(tmp_path / "single/models/tiny/oof.parquet")
     ddp = pd.read_parquet(tmp_path / "ddp/models/tiny/oof.parquet")
     # the same rows, each once, with the same folds: nothing dropped or duplicated by sharding

@@ -29,7 +29,8 @@ def _markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for _, row in df.iterrows():
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row]
+        cells = [(f"{v:.1f}" if c.endswith("_s") else f"{v:.4f}") if isinstance(v, float) else str(v)
+                 for c, v in zip(cols, row)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
