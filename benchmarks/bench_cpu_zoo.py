@@ -25,18 +25,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+from common import cpu_model  # benchmarks/common.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def train(zoo: Path, data_dir: Path, workspace: Path, threads: int) -> float:

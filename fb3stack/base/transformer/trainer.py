@@ -48,14 +48,14 @@ def _predict_local(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.n
         batch = engine.to_device(batch)
         with engine.autocast():
             p, f = model(batch["input_ids"], batch["attention_mask"])
-        preds.append(p.float().cpu())
-        feats.append(f.float().cpu())
+        preds.append(p.float())  # stays on the device: one host copy at the end, not a sync per batch
+        feats.append(f.float())
     model.train(was_training)
     if not preds:
         return np.empty((0, 6)), np.empty((0, model.pooler.out_dim), np.float32)
     order = loader_order(loader)
     out_p, out_f = np.empty((len(order), preds[0].shape[1])), np.empty((len(order), feats[0].shape[1]), np.float32)
-    out_p[order], out_f[order] = torch.cat(preds).numpy(), torch.cat(feats).numpy()
+    out_p[order], out_f[order] = torch.cat(preds).cpu().numpy(), torch.cat(feats).cpu().numpy()
     return out_p, out_f
 
 
