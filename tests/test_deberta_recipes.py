@@ -152,3 +152,19 @@ def test_dry_run_builds_gpu_zoo_on_meta_device(capsys):
         assert params in line and "head_tail" in line
     assert main(["train", "configs/zoo/kaggle-t4.yaml", "--dry-run", "--set",
                  "members.deberta-v3-base.backbone=/nonexistent/deberta"]) == 2
+
+
+def test_checkpointing_skips_backward_through_frozen_layers():
+    cfg = TransformerConfig(name="t", kind="transformer", freeze_layers=2, gradient_checkpointing=True,
+                            adversarial="none", pooler="mean", lr=1e-2, head_lr=1e-2)
+    from fb3stack.base.transformer.backbone import prepare_backbone
+
+    model = FB3Model(prepare_backbone(_v2_with_conv(), cfg), cfg).train()
+    seen = {}
+    model.backbone.encoder.layer[2].register_forward_hook(lambda m, i, o: seen.update(first_trainable=i[0]))
+    x = torch.randint(5, 300, (2, 16))
+    model(x, torch.ones_like(x))[0].sum().backward()
+    # frozen layers' output needs no gradient: backward stops at the first trainable layer
+    assert not seen["first_trainable"].requires_grad
+    top = model.backbone.encoder.layer[3].output.dense.weight
+    assert top.grad is not None and top.grad.abs().sum() > 0

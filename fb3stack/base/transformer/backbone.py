@@ -181,6 +181,11 @@ def prepare_backbone(model: PreTrainedModel, cfg: TransformerConfig) -> PreTrain
     if cfg.gradient_checkpointing:
         # transformers 5 renamed it; keep working on 4.x
         (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
+    frozen = freeze(model, cfg.freeze_embeddings, cfg.freeze_layers)
+    if cfg.gradient_checkpointing and frozen and hasattr(model, "disable_input_require_grads"):
+        # transformers makes the embedding output require grad when checkpointing (for reentrant checkpoints and
+        # adapters); its non-reentrant default needs no such thing, and with frozen embeddings the hook would only
+        # make backward run through the frozen layers, for gradients nothing uses
+        model.disable_input_require_grads()
     reinit_top_layers(model, cfg.reinit_layers, getattr(model.config, "initializer_range", 0.02))
     return model
