@@ -153,3 +153,12 @@ def progress(iterable: Iterable[T] | None = None, desc: str = "", total: int | N
         return tqdm(iterable, desc=desc, total=total, **kwargs)
     cls = _Silent if chosen == "off" else LineProgress
     return cls(iterable, desc=desc, total=total, unit=kwargs.get("unit", "it"))
+
+
+def quiet_third_party_bars() -> None:
+    """Outside a terminal, also silence the bars of Hugging Face libraries (e.g. transformers' "Loading weights").
+
+    They read the variable when first imported, so the CLI calls this before anything imports them.
+    """
+    if mode() != "bar":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

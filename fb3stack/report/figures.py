@@ -65,10 +65,10 @@ def leaderboard(members: list[MemberInfo], blend: BlendInfo | None) -> Figure | 
         lows.append(blend.honest_score)
     span = max(highs) - min(lows)
     ax.set_xlim(min(lows) - 0.15 * span - 1e-3, max(highs) + 0.1 * span + 1e-3)
-    ax.set_yticks(y, [f"{m.name}\n({m.kind})" if m.kind else m.name for m in ms], fontsize=9)
+    ax.set_yticks(y, [f"{m.name}\n({m.kind})" if m.kind and m.kind != m.name else m.name for m in ms], fontsize=9)
     ax.set_ylim(-0.6, len(ms) - 0.2)
     ax.set_xlabel("MCRMSE (lower is better)")
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower left", ncol=3, fontsize=8, frameon=False)
     ax.set_title("OOF MCRMSE and fold spread")
     vals = np.array([[m.rmse[t] for t in TARGETS] for m in ms])
     im = hm.imshow(vals, cmap="viridis_r", aspect="auto")
@@ -189,7 +189,7 @@ def residuals_vs_truth(pred: pd.DataFrame, y: pd.DataFrame, who: str) -> Figure 
         res = pred.loc[ids, t].to_numpy(float) - true
         present = [g for g in grid if np.isclose(true, g).any()]
         groups = [res[np.isclose(true, g)] for g in present]
-        ax.boxplot(groups, positions=present, widths=0.35, showfliers=False, patch_artist=True,
+        ax.boxplot(groups, positions=present, widths=0.35, showfliers=False, patch_artist=True, manage_ticks=False,
                    boxprops={"facecolor": "#c6dbef", "edgecolor": BLUE}, medianprops={"color": BLUE})
         ax.plot(present, [g.mean() for g in groups], "o-", color=RED, ms=3, lw=1, label="mean residual")
         ax.axhline(0, color="black", lw=0.8)

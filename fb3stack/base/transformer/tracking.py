@@ -1,9 +1,9 @@
 """Optional experiment tracking for transformer training: `tracking: none | tensorboard | mlflow`.
 
 Both backends write to a local folder (no server, no network): TensorBoard event files under
-`<fold dir>/tensorboard/`, an MLflow SQLite store `<fold dir>/mlruns/mlflow.db` (open with
-`mlflow ui --backend-store-uri sqlite:///<that file>` or `tensorboard --logdir <workspace>/models`). Neither package is a
-dependency of fb3stack: they are imported only when asked for, with a clear error when missing.
+`<fold dir>/tensorboard/` (view with `tensorboard --logdir <workspace>/models`), an MLflow SQLite store
+`<fold dir>/mlruns/mlflow.db` (view with `mlflow ui --backend-store-uri sqlite:///<that file>`). Neither package is
+a dependency of fb3stack: they are imported only when asked for, with a clear error when missing.
 
     tracker = make_tracker(cfg.tracking, fold_dir, run_name=f"{name}/fold{k}", config=to_dict(cfg))
     tracker.log(step, {"train/loss": 0.41, "lr": 2e-5, "grad_norm": 1.3, "valid/mcrmse": 0.46, ...})
