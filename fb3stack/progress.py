@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MODES = ("bar", "lines", "off")
+# in lines mode a loop that ends sooner than this logs nothing (an evaluation pass of a few batches is not a phase)
+MIN_SECONDS = 5.0
 
 
 def mode() -> str:
@@ -46,7 +48,7 @@ class LineProgress:
     """Iterates `iterable` and logs a line each time another ~10% of `total` is done (and at the end)."""
 
     def __init__(self, iterable: Iterable[T] | None, desc: str = "", total: int | None = None, step: float = 0.1,
-                 unit: str = "it", sink: Any = None) -> None:
+                 unit: str = "it", sink: Any = None, min_seconds: float | None = None) -> None:
         self.iterable = iterable
         self.desc = desc or "progress"
         self.total = total if total is not None else _len(iterable)
@@ -59,6 +61,8 @@ class LineProgress:
         self._next = self._threshold(1)
         self._closed = False
         self._last_report = self._t0
+        self._emitted = False
+        self.min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
 
     def _threshold(self, k: int) -> int:
         # with no total, report every 30 s of work instead (checked in update)
@@ -88,7 +92,8 @@ class LineProgress:
         now = time.perf_counter()
         if self.total:
             if self._next <= self.n < self.total:
-                self._emit(now)
+                if now - self._t0 >= self.min_seconds:
+                    self._emit(now)
                 while self._threshold(self._k) <= self.n:
                     self._k += 1
                 self._next = self._threshold(self._k)
@@ -109,11 +114,12 @@ class LineProgress:
         if self._closed:
             return
         self._closed = True
-        if self.n:
-            self._emit(time.perf_counter(), final=True)
+        now = time.perf_counter()
+        if self.n and (self._emitted or now - self._t0 >= self.min_seconds):
+            self._emit(now, final=True)
 
     def _emit(self, now: float, final: bool = False) -> None:
-        self._last_report = now
+        self._last_report, self._emitted = now, True
         elapsed = now - self._t0
         rate = self.n / elapsed if elapsed > 0 else float("inf")
         rate_s = f"{rate:.1f} {self.unit}/s" if rate >= 1 or rate == 0 else f"{1 / rate:.1f} s/{self.unit}"
