@@ -99,7 +99,7 @@ def correlations(oofs: dict[str, pd.DataFrame], y: pd.DataFrame | None = None) -
     size = max(2.6, 0.5 * len(names) + 1.2)
     fig = new_figure(min(14, ncol * size + 1), nrow * size + 0.4)
     axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
-    short = [n if len(n) <= 14 else n[:13] + "…" for n in names]
+    short = [n if len(n) <= 18 else n[:17] + "…" for n in names]
     lo = min(float(np.nanmin(c)) for _, c in panels)
     for ax, (title, c) in zip(axes, panels):
         im = ax.imshow(c, vmin=min(lo, 0.5), vmax=1.0, cmap="magma")

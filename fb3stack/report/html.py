@@ -114,8 +114,11 @@ def build(data: ReportData) -> str:
     if b is None or b.table is None:
         s.append(note("No blend table yet."))
     else:
+        n_methods = int((b.table["kind"].astype(str) != "member").sum()) if "kind" in b.table else 0
         honest_note = (f"'{b.honest_name}' scores the whole choice of method on held-out rows, so its nested score "
-                       "is the honest estimate; " if b.honest_name != b.chosen else "")
+                       "is the honest estimate of the saved blend. " if b.honest_name != b.chosen else
+                       f"The chosen method is the best nested score of {n_methods}; picking the best of several is "
+                       "itself slightly optimistic, more so the closer the scores. ")
         _figure(s, figures.methods(b.table, b.chosen, b.honest_name), "blend methods",
                 "Hollow dots are in-sample scores (fitted and scored on the same rows: optimistic); filled dots "
                 "are nested-CV scores with their spread over repeats. Only the nested score is honest; a big gap "
@@ -123,7 +126,11 @@ def build(data: ReportData) -> str:
                 "member: a method right of it is worse than not blending.", "The blend table has no methods.")
         cols = [c for c in ["name", "kind", "in_sample", "nested", "nested_std", *[f"nested_{t}" for t in TARGETS],
                             "seconds"] if c in b.table.columns]
+        if "nested_std" in cols and not (b.table["nested_std"].fillna(0) > 0).any():
+            cols.remove("nested_std")  # one repeat of fixed folds: no spread to show
         shown = b.table[cols].rename(columns={f"nested_{t}": t for t in TARGETS})
+        if "seconds" in shown:
+            shown = shown.assign(seconds=shown["seconds"].map(lambda v: f"{v:.2f}"))
         s.append(table(shown.sort_values("nested", kind="stable"),
                        highlight=lambda r: str(r["name"]) in (b.chosen, b.honest_name), digits=5))
 
