@@ -168,7 +168,7 @@ def methods(table: pd.DataFrame, chosen: str, honest: str) -> Figure | None:
             tick.set_fontweight("bold")
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("MCRMSE (lower is better)")
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower left", ncol=3, fontsize=8, frameon=False)
     ax.set_title("Blend methods: in-sample vs nested CV")
     return fig
 
