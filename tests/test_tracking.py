@@ -7,7 +7,15 @@ import sys
 
 import pytest
 
-from fb3stack.base.transformer.tracking import Tracker, TrackingError, eval_values, flatten, make_tracker, numeric
+from fb3stack.base.transformer.tracking import (
+    Tracker,
+    TrackingError,
+    eval_values,
+    flatten,
+    make_tracker,
+    numeric,
+    tracker_for,
+)
 
 CONFIG = {"name": "m", "lr": 2e-5, "pooler": {"kind": "mean"}, "tracking": "x"}
 
@@ -76,3 +84,33 @@ def test_mlflow_local_store(tmp_path):
     assert run.data.params["pooler.kind"] == "mean"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "valid/mcrmse")] == [1, 2, 3]
     assert run.info.status == "FINISHED"
+
+
+def test_tracker_for_a_member_config_and_history_rows(tmp_path):
+    from dataclasses import dataclass
+
+    import numpy as np
+
+    @dataclass
+    class Cfg:
+        name: str = "m"
+        tracking: str = "tensorboard"
+
+    @dataclass
+    class Untracked:
+        name: str = "m"
+
+    assert type(tracker_for(Untracked(), tmp_path / "u", "m fold 0")) is Tracker  # configs without the key
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    y = np.full((8, 6), 3.0)
+    preds = y + np.arange(6) * 0.1  # trait k is off by 0.1 k
+    tracker = tracker_for(Cfg(), tmp_path, "m fold 0")
+    tracker.log_eval({"step": 5, "train_loss": 0.3, "lr": 1e-5, "grad_norm": 2.0, "valid_mcrmse": 0.25}, y, preds)
+    tracker.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert acc.Scalars("valid/rmse_syntax")[0].value == pytest.approx(0.1)
+    assert acc.Scalars("valid/rmse_conventions")[0].value == pytest.approx(0.5)
+    assert [e.step for e in acc.Scalars("train/grad_norm")] == [5]

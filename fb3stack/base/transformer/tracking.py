@@ -5,8 +5,8 @@ Both backends write to a local folder (no server, no network): TensorBoard event
 `<fold dir>/mlruns/mlflow.db` (view with `mlflow ui --backend-store-uri sqlite:///<that file>`). Neither package is
 a dependency of fb3stack: they are imported only when asked for, with a clear error when missing.
 
-    tracker = make_tracker(cfg.tracking, fold_dir, run_name=f"{name}/fold{k}", config=to_dict(cfg))
-    tracker.log(step, {"train/loss": 0.41, "lr": 2e-5, "grad_norm": 1.3, "valid/mcrmse": 0.46, ...})
+    tracker = tracker_for(cfg, fold_dir, run_name="deberta fold 0")   # cfg.tracking: none | tensorboard | mlflow
+    tracker.log_eval(history_row, y_valid, preds)    # or tracker.log(step, {"train/loss": 0.41, ...})
     tracker.close()
 """
 
@@ -38,6 +38,18 @@ class Tracker:
 
     def close(self) -> None:
         """Flush and release the backend; safe to call twice."""
+
+    def log_eval(self, row: Mapping[str, Any], y_true: Any = None, y_pred: Any = None) -> None:
+        """One evaluation row of the trainer's history (step, train_loss, lr, grad_norm, valid_mcrmse), with the
+        per-trait validation RMSE computed from `y_true`/`y_pred` when given."""
+        per_trait = None
+        if y_true is not None and y_pred is not None:
+            from fb3stack.constants import TARGETS
+            from fb3stack.metrics import rmse_per_trait
+
+            per_trait = dict(zip(TARGETS, (float(v) for v in rmse_per_trait(y_true, y_pred))))
+        self.log(int(row["step"]), eval_values(row.get("train_loss"), row.get("lr"), row.get("grad_norm"),
+                                               row.get("valid_mcrmse"), per_trait))
 
     def __enter__(self) -> Tracker:
         return self
@@ -141,6 +153,18 @@ def make_tracker(kind: str | None, out_dir: str | os.PathLike, run_name: str = "
     if kind == "tensorboard":
         return TensorBoardTracker(out / "tensorboard", config)
     return MlflowTracker(out / "mlruns", run_name, config)
+
+
+def tracker_for(cfg: Any, out_dir: str | os.PathLike, run_name: str) -> Tracker:
+    """The tracker a member config asks for (`cfg.tracking`, default none), logging its resolved config.
+
+    Under data parallelism only the main process tracks, so one run is recorded per fold, not one per rank.
+    """
+    from fb3stack import dist
+    from fb3stack.config import to_dict
+
+    kind = getattr(cfg, "tracking", "none")
+    return make_tracker(kind if dist.is_main() else "none", out_dir, run_name, to_dict(cfg))
 
 
 def eval_values(train_loss: float, lr: float, grad_norm: float, mcrmse: float,
