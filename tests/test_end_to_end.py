@@ -61,6 +61,13 @@ def test_run_writes_submission_like_the_sample(zoo_run, fb3_dir):
         assert name in report
 
 
+def test_run_writes_report_html_with_training_curves(zoo_run):
+    text = (zoo_run / "ws" / "report.html").read_text(encoding="utf-8")
+    assert 'alt="training curves of tiny-deberta"' in text  # the transformer member's history.csv, drawn
+    assert text.count("data:image/png;base64,") >= 8 and "http:" not in text and "https:" not in text
+    assert "wall time" in text and (zoo_run / "ws" / "timings.json").is_file()
+
+
 def test_predictions_same_after_restart(zoo_run, fb3_dir, tmp_path):
     ws = zoo_run / "ws"
     shutil.rmtree(ws / "predictions")

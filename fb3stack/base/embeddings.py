@@ -77,7 +77,8 @@ def _encode(path: str, texts: list[str], max_len: int, pooler: Pooler, batch_siz
             precision: str = "float32") -> np.ndarray:
     """Run the model: length-sorted batches so padding stays small, pooled over real tokens, L2-normalised."""
     import torch
-    from tqdm.auto import tqdm
+
+    from fb3stack.progress import progress as tqdm
 
     torch.set_num_threads(num_threads)
     tokenizer, model = _load(path)

@@ -16,6 +16,7 @@ from fb3stack import dist
 from fb3stack.base.member import MemberConfig
 from fb3stack.base.runner import begin_member, finalize_member, fold_done, member_is_complete, train_fold
 from fb3stack.io import read_json
+from fb3stack.progress import progress
 from fb3stack.workspace import Prepared
 
 logger = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def finish(members: Sequence[MemberConfig], prep: Prepared) -> dict[str, dict]:
 
 def run_local(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None
               ) -> dict[str, dict]:
-    for m, k in pending_jobs(members, prep, folds):
+    for m, k in progress(pending_jobs(members, prep, folds), desc="train (member, fold) jobs", unit="job"):
         train_fold(m, prep, k)
     return finish(members, prep)
 

@@ -112,7 +112,7 @@ def _essay_features(text: str, misspelt: set[str]) -> dict[str, float]:
 
 def compute_features(texts: list[str]) -> pd.DataFrame:
     """One row of float features per text, in the given order (no caching)."""
-    from tqdm.auto import tqdm
+    from fb3stack.progress import progress as tqdm
 
     vocab = {w.lower() for t in texts for w in _WORD.findall(t)}
     # one dictionary lookup over the union of words is far cheaper than one per essay

@@ -128,6 +128,14 @@ def weights_spec(model: Blender, names: list[str]) -> dict | None:
             "intercept": {t: float(b[k]) for k, t in enumerate(TARGETS)}}
 
 
+def manifest_hashes(cfg: BlendConfig, labels: pd.DataFrame, members: list[Member], outer_desc: str,
+                    outer_folds: np.ndarray | None) -> dict[str, str]:
+    """What a saved blend was made from; `fb3stack status` recomputes these to tell a fresh blend from a stale one."""
+    return {"data_hash": fingerprint(labels), "config_hash": sha256_json(to_dict(cfg)),
+            "members_hash": sha256_json({m.name: m.sha256 for m in members}),
+            "folds_hash": sha256_json(outer_desc if outer_folds is None else outer_folds.tolist())}
+
+
 def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: str | os.PathLike | None = None,
               write: bool = True) -> BlendResult:
     base_dir = Path(cfg.source).parent if cfg.source else None
@@ -170,8 +178,6 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
         write_parquet(tmp / "oof.parquet", oof)
         write_csv(tmp / "table.csv", table)
         write_text(tmp / "table.md", to_markdown(table, chosen, outer_desc))
-        write_manifest(tmp, data_hash=fingerprint(labels), config_hash=sha256_json(to_dict(cfg)),
-                       members_hash=sha256_json({m.name: m.sha256 for m in members}),
-                       folds_hash=sha256_json(outer_desc if outer_folds is None else outer_folds.tolist()))
+        write_manifest(tmp, **manifest_hashes(cfg, labels, members, outer_desc, outer_folds))
     result.blend_dir = target
     return result

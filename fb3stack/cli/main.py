@@ -10,12 +10,13 @@ import sys
 from fb3stack import __version__
 from fb3stack.config import ConfigError
 from fb3stack.data import DataError
+from fb3stack.progress import quiet_third_party_bars
 from fb3stack.workspace import StaleArtefactError
 
 logger = logging.getLogger("fb3stack")
 
 # command modules in fb3stack.cli; each has register(subparsers) setting `func` on its parser
-COMMANDS = ["check_data", "folds", "train", "blend", "predict", "run", "bundle"]
+COMMANDS = ["check_data", "folds", "train", "blend", "predict", "run", "bundle", "report", "status"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_third_party_bars()
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -13,7 +13,7 @@ from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, s
 from fb3stack.config import ConfigError, RunConfig, from_dict
 from fb3stack.data import load_test, resolve_data_dir
 from fb3stack.submit.predict import PredictSources, predict_submission
-from fb3stack.submit.report import write_report
+from fb3stack.submit.report import run_summary, write_report
 from fb3stack.workspace import prepare
 
 logger = logging.getLogger(__name__)
@@ -83,7 +83,6 @@ def run(args: argparse.Namespace) -> int:
                        sample if sample.is_file() else None)
     timings["predict"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
-    report = write_report(ws, blend_dir, out, timings)
-    print(f"submission: {out}\nreport:     {report}\nlog:        {log_path}\n"
-          f"total wall time {timings['total']:.0f} s")
+    report = write_report(ws, blend_dir, out, timings, data_dir=data_dir)
+    print(run_summary(ws, out, report, log_path, blend_dir, timings))
     return 0

@@ -20,6 +20,7 @@ from fb3stack.base.runner import SavedMember
 from fb3stack.constants import ID_COL, SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 from fb3stack.data import DataError, fingerprint, load_sample_submission, load_test
 from fb3stack.io import read_json, save_npy, write_csv
+from fb3stack.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def member_predictions(sources: PredictSources, members: list[str], test: pd.Dat
     """(n, 6) fold-averaged predictions of each member, cached per test set so a restart resumes."""
     cache = sources.cache_root / fingerprint(test[[ID_COL, TEXT_COL]])[:16]
     out = []
-    for name in members:
+    for name in progress(members, desc="predict test essays", unit="member"):
         path = cache / f"{name}.npy"
         if path.is_file():
             logger.info("%s: cached test predictions reused (%s)", name, path)

@@ -1,0 +1,262 @@
+"""What a workspace holds, read-only: members x folds (done / missing / stale and why), blends and whether they
+are fresh, cached test predictions and disk use.
+
+"Stale" is decided exactly as training decides it (runner.expected_hashes + workspace.stale_reasons; the blend's
+manifest_hashes), against the current config: the one given, else the workspace's run_config.yaml re-read with
+today's member YAMLs. Nothing here writes to the workspace.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fb3stack.base.member import MemberConfig
+from fb3stack.config import ConfigError, RunConfig, from_dict, load_yaml
+from fb3stack.constants import FOLD_COL, ID_COL, TEXT_COL
+from fb3stack.data import DataError
+from fb3stack.io import read_json, sha256_file
+from fb3stack.workspace import Prepared, StaleArtefactError, Workspace, read_manifest, stale_reasons
+
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "run_config.yaml"
+
+
+@dataclass
+class Check:
+    """The current state the artefacts are compared with; None fields are unknown (and said why in `problems`)."""
+
+    cfg: RunConfig | None
+    members: list[MemberConfig]
+    prep: Prepared | None
+    problems: list[str] = field(default_factory=list)
+
+
+def saved_run_config(root: Path) -> RunConfig | None:
+    """The workspace's last resolved zoo config, keeping its source so member YAML paths resolve as then."""
+    path = root / RUN_CONFIG
+    if not path.is_file():
+        return None
+    return from_dict(RunConfig, load_yaml(path), where=str(path))
+
+
+def current_state(root: Path, cfg: RunConfig | None, data_dir: str | os.PathLike | None) -> Check:
+    from fb3stack.base.runner import resolve_members
+    from fb3stack.data import fingerprint
+    from fb3stack.workspace import ensure_folds, load_training_data
+
+    check = Check(cfg, [], None)
+    if cfg is None:
+        check.problems.append(f"no config given and no {RUN_CONFIG} in the workspace: staleness of the config "
+                              "cannot be judged")
+        return check
+    try:
+        check.members = resolve_members(cfg)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        check.problems.append(f"members cannot be resolved: {err}")
+    ws = Workspace(root)
+    try:
+        data_root, train = load_training_data(cfg.data, data_dir)
+    except DataError as err:
+        check.problems.append(f"training data unavailable ({err}): data and folds staleness not checked")
+        return check
+    if not (ws.folds_path.is_file() and ws.folds_meta_path.is_file()):
+        check.problems.append("no folds.csv yet: nothing trained")
+        return check
+    try:
+        folds = ensure_folds(ws, train, cfg.folds)  # with both files present this only reads and compares
+    except (StaleArtefactError, DataError) as err:
+        check.problems.append(f"folds: {err}")
+        return check
+    merged = train.merge(folds, on=ID_COL, how="left", validate="one_to_one")
+    if merged[FOLD_COL].isna().any():
+        check.problems.append(f"{ws.folds_path} does not cover every training essay")
+        return check
+    merged[FOLD_COL] = merged[FOLD_COL].astype(int)
+    check.prep = Prepared(ws, data_root, merged, fingerprint(train), sha256_file(ws.folds_path))
+    return check
+
+
+def member_status(root: Path, check: Check) -> list[dict[str, Any]]:
+    from fb3stack.base.runner import expected_hashes, fold_done
+
+    ws = Workspace(root)
+    n_folds = check.prep.n_folds if check.prep is not None else _saved_n_folds(root)
+    configured = {m.name: m for m in check.members}
+    on_disk = sorted(p.name for p in (root / "models").iterdir() if p.is_dir() and not p.name.startswith(".")) \
+        if (root / "models").is_dir() else []
+    rows = []
+    for name in [*configured, *[n for n in on_disk if n not in configured]]:
+        model_dir = ws.model_dir(name)
+        cfg = configured.get(name)
+        reasons: list[str] = []
+        if not model_dir.is_dir():
+            state = "missing"
+        elif cfg is None:
+            state, reasons = "extra", ["not a member of the current config"]
+        elif check.prep is None:
+            state = "unknown"
+        elif read_manifest(model_dir) is None:
+            state, reasons = "stale", [f"{model_dir.name} has no manifest.json"]
+        else:
+            reasons = stale_reasons(model_dir, **expected_hashes(cfg, check.prep))
+            state = "stale" if reasons else ""
+        folds = []
+        for k in range(n_folds or 0):
+            done = model_dir.is_dir() and fold_done(model_dir, k)
+            if state == "stale" and done:
+                folds.append("stale")
+            elif done:
+                folds.append("done")
+            elif any(model_dir.glob(f".fold{k}.*.tmp")):
+                folds.append("partial")  # a run was killed inside this fold; training restarts it
+            else:
+                folds.append("missing")
+        metrics = model_dir / "metrics.json"
+        if not state:
+            finished = metrics.is_file() and (model_dir / "oof.parquet").is_file()
+            state = "done" if finished and all(f == "done" for f in folds) else \
+                "not finalised" if all(f == "done" for f in folds) else f"{folds.count('done')}/{len(folds)} folds"
+        score = read_json(metrics).get("mcrmse") if metrics.is_file() else None
+        rows.append({"member": name, "kind": getattr(cfg, "kind", None) or _saved_kind(model_dir), "state": state,
+                     "folds": folds, "mcrmse": score, "reasons": reasons})
+    return rows
+
+
+def _saved_n_folds(root: Path) -> int | None:
+    meta = root / "folds.json"
+    return int(read_json(meta).get("n_folds") or 0) or None if meta.is_file() else None
+
+
+def _saved_kind(model_dir: Path) -> str | None:
+    path = model_dir / "config.yaml"
+    return (load_yaml(path) or {}).get("kind") if path.is_file() else None
+
+
+def blend_status(root: Path, check: Check, members: list[dict[str, Any]], data_dir: str | os.PathLike | None
+                 ) -> list[dict[str, Any]]:
+    blends = root / "blends"
+    if not blends.is_dir():
+        return []
+    rows = []
+    for blend_dir in sorted(p for p in blends.iterdir() if (p / "spec.json").is_file()):
+        spec = read_json(blend_dir / "spec.json")
+        reasons = _blend_stale_reasons(root, blend_dir, check, data_dir)
+        stale_members = [m["member"] for m in members if m["member"] in spec.get("members", [])
+                         and m["state"] not in ("done", "extra")]
+        reasons += [f"member {n} is not up to date" for n in stale_members]
+        rows.append({"blend": blend_dir.name, "method": spec.get("method"), "nested_mcrmse": spec.get("nested_mcrmse"),
+                     "members": spec.get("members", []), "state": "stale" if reasons else "fresh",
+                     "reasons": reasons})
+    return rows
+
+
+def _blend_stale_reasons(root: Path, blend_dir: Path, check: Check, data_dir: str | os.PathLike | None) -> list[str]:
+    from fb3stack.blend.config import BlendConfig
+    from fb3stack.blend.inputs import load_members, workspace_label_ids
+    from fb3stack.blend.run import manifest_hashes, resolve_outer
+    from fb3stack.data import load_train, resolve_data_dir
+
+    cfg = None
+    if check.cfg is not None and check.cfg.blend is not None:
+        from fb3stack.cli.run import zoo_blend_config
+
+        try:
+            zoo_blend = zoo_blend_config(check.cfg)
+            cfg = zoo_blend if zoo_blend.name == blend_dir.name else None
+        except (ConfigError, ValueError) as err:
+            return [f"zoo blend config unreadable: {err}"]
+    if cfg is None:  # a blend outside the zoo config: judged against the config it was made with
+        raw = load_yaml(blend_dir / "config.yaml")
+        source = raw.pop("source", None)
+        cfg = from_dict(BlendConfig, raw, where=str(blend_dir / "config.yaml"))
+        cfg.source = source
+    ws = Workspace(root)
+    base_dir = Path(cfg.source).parent if cfg.source else None
+    try:
+        labels = workspace_label_ids(ws, load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file))
+        members = load_members(cfg.members, labels, ws, base_dir)
+        _, outer_folds, outer_desc = resolve_outer(cfg, members, labels, base_dir)
+    except (DataError, ConfigError, ValueError) as err:
+        return [f"cannot be rebuilt as configured: {err}"]
+    return stale_reasons(blend_dir, **manifest_hashes(cfg, labels, members, outer_desc, outer_folds))
+
+
+def prediction_status(root: Path, check: Check, data_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
+    from fb3stack.data import fingerprint, load_test, resolve_data_dir
+
+    cache = root / "predictions"
+    if not cache.is_dir():
+        return []
+    current = None
+    if check.cfg is not None:
+        try:
+            test = load_test(resolve_data_dir(data_dir, check.cfg.data.data_dir) / check.cfg.data.test_file)
+            current = fingerprint(test[[ID_COL, TEXT_COL]])[:16]
+        except DataError:
+            current = None
+    rows = []
+    for folder in sorted(p for p in cache.iterdir() if p.is_dir()):
+        for f in sorted(folder.glob("*.npy")):
+            oof = root / "models" / f.stem / "oof.parquet"
+            older = oof.is_file() and f.stat().st_mtime < oof.stat().st_mtime
+            rows.append({"test_hash": folder.name, "member": f.stem,
+                         "current_test": None if current is None else folder.name == current,
+                         "state": "older than its model" if older else "ok", "bytes": f.stat().st_size})
+    return rows
+
+
+def disk_use(root: Path) -> list[dict[str, Any]]:
+    def size(path: Path) -> int:
+        if path.is_file():
+            return path.stat().st_size
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+    rows = []
+    for top in sorted(root.iterdir()):
+        if top.is_dir() and top.name in ("models", "cache", "blends"):
+            rows += [{"path": f"{top.name}/{p.name}", "bytes": size(p)} for p in sorted(top.iterdir()) if p.is_dir()]
+        else:
+            rows.append({"path": top.name + ("/" if top.is_dir() else ""), "bytes": size(top)})
+    return rows
+
+
+def collect(workspace: str | os.PathLike, cfg: RunConfig | None = None, data_dir: str | os.PathLike | None = None
+            ) -> dict[str, Any]:
+    root = Path(workspace).expanduser().resolve()
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such workspace")
+    source = "given" if cfg is not None else RUN_CONFIG
+    if cfg is None:
+        try:
+            cfg = saved_run_config(root)
+        except ConfigError as err:
+            logger.warning("%s", err)
+    check = current_state(root, cfg, data_dir)
+    members = member_status(root, check)
+    disk = disk_use(root)
+    files = {name: (root / name).is_file() for name in ("submission.csv", "report.md", "report.html")}
+    return {
+        "workspace": str(root),
+        "config": (cfg.source if cfg is not None else None), "config_from": source if cfg is not None else None,
+        "n_folds": check.prep.n_folds if check.prep is not None else _saved_n_folds(root),
+        "problems": check.problems,
+        "members": members,
+        "blends": blend_status(root, check, members, data_dir),
+        "predictions": prediction_status(root, check, data_dir),
+        "files": files,
+        "disk": disk,
+        "disk_total": sum(d["bytes"] for d in disk),
+    }
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
