@@ -73,6 +73,7 @@ class TransformerConfig(MemberConfig):
     # the fold it then scores (optimistic: chosen on the same rows), last = the weights at the end of training
     oof_checkpoint: Literal["best", "last"] = "best"
     log_every: int = 10  # optimiser steps between host syncs for the progress bar
+    tracking: Literal["none", "tensorboard", "mlflow"] = "none"  # local experiment tracking, docs/report.md
     # hardware
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), else fp16 + GradScaler; CPU: fp32
