@@ -31,6 +31,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars would drown the progress lines
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import sys  # noqa: E402
@@ -152,6 +153,19 @@ def fmt(v: object) -> str:
     return str(v)
 
 
+def guarded(ctx: Ctx, part: str, what: str, fn: Callable[[], object], row: dict | None = None) -> object:
+    """Run one measurement; an exception becomes an error row (and a traceback in the report), not a crash."""
+    try:
+        return fn()
+    except Exception as err:  # noqa: BLE001 - recorded, and the next measurement runs
+        tail = "\n".join(traceback.format_exc().strip().splitlines()[-15:])
+        ctx.errors.append({"part": f"{part} ({what})", "error": f"{type(err).__name__}: {err}"[:500],
+                           "traceback": tail})
+        print(tail, flush=True)
+        ctx.add(**{**(row or {"part": part}), "status": "error", "note": f"{what}: {type(err).__name__}: {err}"[:300]})
+        return None
+
+
 def unpack_wheels(prep: Path, site: Path) -> list[str]:
     """Make the carried wheels importable where pip did not install them: a pure-Python wheel is a zip."""
     added = []
@@ -250,13 +264,17 @@ def part_machine(ctx: Ctx, deadline: float) -> None:
                               ("tf32", torch.float32, True), ("fp32", torch.float32, False)):
         if not ctx.cuda and name == "tf32":
             continue  # no TF32 on a CPU
-        t0 = time.perf_counter()
-        peak = matmul_tflops(ctx.device, n, dtype, tf32, reps, inner)
-        ctx.peaks[name] = peak
-        ctx.add(part="1", model=f"matmul {n}^3", precision=name, tflops=peak / 1e12, wall_s=time.perf_counter() - t0,
-                status="ok", note=f"torch.mm, random normal data, median of {reps} x {inner} after 2 warm-up rounds"
-                + (", CUDA events" if ctx.cuda else ", CPU wall clock"))
-    if not ctx.cuda:
+        def measure(name: str = name, dtype: object = dtype, tf32: bool = tf32) -> None:
+            t0 = time.perf_counter()
+            peak = matmul_tflops(ctx.device, n, dtype, tf32, reps, inner)
+            ctx.peaks[name] = peak
+            ctx.add(part="1", model=f"matmul {n}^3", precision=name, tflops=peak / 1e12,
+                    wall_s=time.perf_counter() - t0, status="ok",
+                    note=f"torch.mm, random normal data, median of {reps} x {inner} after 2 warm-up rounds"
+                    + (", CUDA events" if ctx.cuda else ", CPU wall clock"))
+
+        guarded(ctx, "1", f"{name} matmul peak", measure, {"part": "1", "model": f"matmul {n}^3", "precision": name})
+    if not ctx.cuda and "fp32" in ctx.peaks:
         ctx.peaks["tf32"] = ctx.peaks["fp32"]
 
 
@@ -356,13 +374,31 @@ def part_deberta(ctx: Ctx, deadline: float) -> None:
     for i, spec in enumerate(specs):
         now = time.perf_counter()
         ctx.log(f"part 2: {spec.label}")
-        speed_run(ctx, "2", spec, now + (deadline - now) / (len(specs) - i), steps=100)
+        end = now + (deadline - now) / (len(specs) - i)
+        guarded(ctx, "2", spec.label, functools.partial(speed_run, ctx, "2", spec, end, steps=100),
+                spec_row(ctx, "2", spec))
 
 
 def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float) -> dict:
     """Eager and `impl` from the same weights on the same batches: first-batch gradients, the first 10 losses,
-    then `impl`'s tokens/s and memory."""
+    then `impl`'s tokens/s and memory. One row; OOM is a result."""
     import dataclasses
+
+    import torch
+    from gpu_check_train import free_memory
+
+    row, t0 = spec_row(ctx, "3", dataclasses.replace(spec, attention=impl)), time.perf_counter()
+    try:
+        compare_kernel(ctx, impl, spec, deadline, row)
+    except torch.cuda.OutOfMemoryError as err:
+        row.update(status="oom", note=str(err).splitlines()[0][:240])
+    finally:
+        free_memory()
+    row["wall_s"] = time.perf_counter() - t0
+    return ctx.add(**row)
+
+
+def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict) -> None:
     import math
 
     import torch
@@ -374,61 +410,57 @@ def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float) -> dict:
         build,
         enable_attention,
         first_batch_grads,
-        free_memory,
         grad_difference,
         snapshot,
         train_steps,
     )
 
-    kspec = dataclasses.replace(spec, attention=impl)
-    row, t0, model = spec_row(ctx, "3", kspec), time.perf_counter(), None
     essays = ctx.essays()
     n, warmup = steps_for(ctx, 100)
+    reset_peak(ctx)
+    model, cfg = build(spec, ctx.work / "arch", ctx.device, ctx.quick, essays.y.mean(0))
+
+    def stream():  # noqa: ANN202 - the same batches every time
+        return batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed)
+
+    first = next(stream())
+    init = snapshot(model)
+    g_eager = first_batch_grads(model, cfg, first)
+    ref = train_steps(model, cfg, stream(), min(LOSS_PARITY_STEPS, n), n, math.inf, 0)
+    model.load_state_dict(init)
+    del init
     try:
-        reset_peak(ctx)
-        model, cfg = build(spec, ctx.work / "arch", ctx.device, ctx.quick, essays.y.mean(0))
-
-        def stream():  # noqa: ANN202 - the same batches every time
-            return batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed)
-
-        first = next(stream())
-        init = snapshot(model)
-        g_eager = first_batch_grads(model, cfg, first)
-        ref = train_steps(model, cfg, stream(), min(LOSS_PARITY_STEPS, n), n, math.inf, 0)
-        model.load_state_dict(init)
-        del init
-        try:
-            label = enable_attention(model, impl, ctx.device)
-        except (ImportError, RuntimeError) as err:
-            row.update(status="unavailable", note=str(err)[:400])
-            return row
-        t_compile = time.perf_counter()
-        rel, cos, only = grad_difference(g_eager, first_batch_grads(model, cfg, first))
-        t_compile = time.perf_counter() - t_compile
-        del g_eager
-        reset_peak(ctx)
-        res = train_steps(model, cfg, stream(), n, n, deadline, warmup)
-        fill_speed(ctx, row, res, spec.max_len)
-        m = min(len(ref.losses), len(res.losses))
-        loss_rel = max(abs(a - b) / abs(a) for a, b in zip(ref.losses[:m], res.losses[:m]))
-        same = loss_rel <= LOSS_TOL and rel <= GRAD_TOL and not only
-        row["status"] = "ok" if same else "mismatch"
-        row["note"] = (f"{label}; losses of steps 1-{m} vs eager: max rel diff {loss_rel:.1e} (tol {LOSS_TOL:g}); "
-                       f"first-batch gradient rel L2 diff {rel:.1e} (tol {GRAD_TOL:g}), cosine {cos:.5f}"
-                       + (f"; gradients only one side has: {only[:4]}" if only else "")
-                       + f"; first fwd+bwd incl. kernel compile {t_compile:.1f} s; {res.timed_steps} timed steps")
-        eager = [r for r in ctx.rows if r["part"] == "2" and r["model"] == row["model"]
-                 and r["max_len"] == row["max_len"] and r["checkpointing"] == row["checkpointing"]
-                 and isinstance(r["tokens_per_s"], float)]
-        if eager and eager[-1]["tokens_per_s"] > 0:
-            row["note"] += f"; x{row['tokens_per_s'] / eager[-1]['tokens_per_s']:.2f} eager tokens/s (part 2)"
-    except torch.cuda.OutOfMemoryError as err:
-        row.update(status="oom", note=str(err).splitlines()[0][:240])
-    finally:
-        row["wall_s"] = time.perf_counter() - t0
-        model = None
-        free_memory()
-    return row
+        label = enable_attention(model, impl, ctx.device)
+    except (ImportError, RuntimeError) as err:
+        row.update(status="unavailable", note=str(err)[:400])
+        return
+    t_compile = time.perf_counter()
+    try:
+        g_kernel = first_batch_grads(model, cfg, first)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. Triton cannot compile here (no C compiler, old driver)
+        row.update(status="kernel failed", note=f"{label}, first forward/backward: {type(err).__name__}: {err}"[:400])
+        return
+    t_compile = time.perf_counter() - t_compile
+    rel, cos, only = grad_difference(g_eager, g_kernel)
+    del g_kernel, g_eager
+    reset_peak(ctx)
+    res = train_steps(model, cfg, stream(), n, n, deadline, warmup)
+    fill_speed(ctx, row, res, spec.max_len)
+    m = min(len(ref.losses), len(res.losses))
+    loss_rel = max((abs(a - b) / abs(a) for a, b in zip(ref.losses[:m], res.losses[:m])), default=float("nan"))
+    same = loss_rel <= LOSS_TOL and rel <= GRAD_TOL and not only
+    row["status"] = "ok" if same else "mismatch"
+    row["note"] = (f"{label}; losses of steps 1-{m} vs eager: max rel diff {loss_rel:.1e} (tol {LOSS_TOL:g}); "
+                   f"first-batch gradient rel L2 diff {rel:.1e} (tol {GRAD_TOL:g}), cosine {cos:.5f}"
+                   + (f"; gradients only one side has: {only[:4]}" if only else "")
+                   + f"; first fwd+bwd incl. kernel compile {t_compile:.1f} s; {res.timed_steps} timed steps")
+    eager = [r for r in ctx.rows if r["part"] == "2" and r["model"] == row["model"]
+             and r["max_len"] == row["max_len"] and r["checkpointing"] == row["checkpointing"]
+             and isinstance(r["tokens_per_s"], float) and r["tokens_per_s"] > 0]
+    if eager:
+        row["note"] += f"; x{row['tokens_per_s'] / eager[-1]['tokens_per_s']:.2f} eager tokens/s (part 2)"
 
 
 def part_kernels(ctx: Ctx, deadline: float) -> None:
@@ -441,9 +473,11 @@ def part_kernels(ctx: Ctx, deadline: float) -> None:
             continue
         now = time.perf_counter()
         ctx.log(f"part 3: {impl} on {spec.label}")
-        row = ctx.add(**kernel_run(ctx, impl, spec, now + (deadline - now) / (len(runs) - i)))
-        if row["status"] == "unavailable":
-            unavailable[impl] = row["note"]
+        end = now + (deadline - now) / (len(runs) - i)
+        row = guarded(ctx, "3", f"{impl} on {spec.label}", functools.partial(kernel_run, ctx, impl, spec, end),
+                      {**spec_row(ctx, "3", spec), "attention": impl})
+        if row is not None and row["status"] in ("unavailable", "kernel failed"):
+            unavailable[impl] = f"as on {spec.model} {spec.max_len}: {row['note']}"
 
 
 def part_fp16(ctx: Ctx, deadline: float) -> None:
@@ -559,6 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Ctx(prep=args.dir.resolve(), out=args.out, work=work.resolve(), device=device, quick=args.quick,
               budget=Budget(args.budget, parts), manifest=manifest)
     ctx.unpacked = unpack_wheels(ctx.prep, ctx.work / "site")
+    os.environ.setdefault("TRITON_CACHE_DIR", str(ctx.work / "triton-cache"))  # writable, whatever $HOME is
     ctx.log(f"gpu_check on {device}{' (quick)' if args.quick else ''}; work folder {ctx.work}; "
             f"wheels unpacked: {ctx.unpacked or 'none needed'}")
     from gpu_check_accuracy import part_finetune, part_inference

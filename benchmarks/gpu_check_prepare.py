@@ -154,5 +154,6 @@ def verify(root: Path) -> dict:
 
 def gpu_command(root: Path) -> str:
     rel = root.resolve().relative_to(REPO) if root.resolve().is_relative_to(REPO) else root
-    return (f"python3 -m pip install -q --no-index --no-deps --target /tmp/site {rel}/{WHEELS}/*.whl "
-            f"&& export PYTHONPATH=.:/tmp/site && python3 benchmarks/gpu_check.py {rel} --out $OUT")
+    # `;`, not `&&`: should pip be missing there, gpu_check unpacks the wheels itself
+    return (f"python3 -m pip install -q --no-index --no-deps --target /tmp/site {rel}/{WHEELS}/*.whl; "
+            f"export PYTHONPATH=.:/tmp/site; python3 benchmarks/gpu_check.py {rel} --out $OUT")
