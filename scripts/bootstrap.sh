@@ -21,7 +21,7 @@ elif [ -n "${FB3STACK_TORCH:-}" ]; then
   "${PIP[@]}" $FB3STACK_TORCH
 elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   echo "[bootstrap] GPU found: installing the default (CUDA) torch build"
-  "${PIP[@]}" "torch>=2.2"
+  "${PIP[@]}" "torch>=2.6"
 else
   echo "[bootstrap] no GPU: installing the CPU torch build"
   "${PIP[@]}" "torch==2.13.0" || "${PIP[@]}" "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu

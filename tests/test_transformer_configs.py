@@ -14,24 +14,16 @@ from fb3stack.base.registry import load_member_config
 from fb3stack.base.transformer.adversarial import make_adversary
 from fb3stack.base.transformer.backbone import prepare_backbone
 from fb3stack.base.transformer.config import TransformerConfig
+from fb3stack.base.transformer.known import KNOWN_CONFIGS
 from fb3stack.base.transformer.losses import make_loss
 from fb3stack.base.transformer.model import FB3Model
 from fb3stack.base.transformer.optim import param_groups
 
 MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
-# the published config.json of each backbone (architecture keys), with its parameter count from the model card
-_V3 = dict(vocab_size=128100, max_position_embeddings=512, relative_attention=True, position_buckets=256,
-           norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type="p2c|c2p", layer_norm_eps=1e-7,
-           max_relative_positions=-1, position_biased_input=False, type_vocab_size=0, hidden_act="gelu")
-ARCH = {
-    "deberta-v3-base": (dict(_V3, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                             intermediate_size=3072), 184e6),
-    "deberta-v3-large": (dict(_V3, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                              intermediate_size=4096), 435e6),
-    "deberta-v2-xlarge": (dict(_V3, hidden_size=1536, num_hidden_layers=24, num_attention_heads=24,
-                               intermediate_size=6144, conv_kernel_size=3, conv_act="gelu"), 900e6),
-}
+# the published config.json of each backbone, with its parameter count from the model card
+ARCH = {name: ({k: v for k, v in KNOWN_CONFIGS[f"microsoft/{name}"].items() if k != "model_type"}, n)
+        for name, n in (("deberta-v3-base", 184e6), ("deberta-v3-large", 435e6), ("deberta-v2-xlarge", 900e6))}
 
 
 @pytest.mark.parametrize("name", sorted(ARCH))
@@ -47,16 +39,12 @@ def test_gpu_config_builds_real_architecture(name):
     trainable = sum(p.numel() for g in groups for p in g["params"])
     assert trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
     names = {g["name"].split("/")[0] for g in groups}
-    frozen = {f"layer_{i}" for i in range(cfg.freeze_layers)} | ({"embeddings"} if cfg.freeze_embeddings else set())
+    frozen = {f"layer_{i}" for i in range(cfg.freeze_layers)}
+    if cfg.freeze_embeddings or cfg.freeze_layers:
+        frozen |= {"embeddings", "backbone_other"}  # frozen layers freeze what they depend on
     assert not names & frozen and f"layer_{arch['num_hidden_layers'] - 1}" in names
     if name == "deberta-v2-xlarge":
-        assert cfg.freeze_layers == 12 and cfg.freeze_embeddings
-
-
-def test_seed_settings_of_base_config():
-    cfg = load_member_config(MODELS / "deberta-v3-base.yaml")
-    assert (cfg.pooler, cfg.loss, cfg.adversarial, cfg.scheduler) == ("attention", "smoothl1", "fgm", "cosine")
-    assert (cfg.lr, cfg.llrd, cfg.max_len, cfg.batch_size, cfg.epochs) == (5e-5, 0.9, 512, 8, 5)
+        assert cfg.freeze_layers == 12 and cfg.adversarial == "none"
 
 
 @pytest.mark.parametrize("name", sorted(ARCH))

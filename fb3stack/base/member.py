@@ -33,6 +33,9 @@ class FoldResult:
     embeddings: np.ndarray | None = None  # (n_valid, dim) pooled features of the same rows, if the member has them
     history: pd.DataFrame | None = None  # per-step/epoch training metrics, written as fold<k>/history.csv
     info: dict | None = None  # anything worth keeping in metrics.json (best step, wall time ...)
+    # validation predictions of other checkpoints of the same fold (e.g. a transformer's "best" and "last"),
+    # kept as fold<k>/oof_<name>.parquet so the member's metrics can report each one's OOF score
+    alt_preds: dict[str, np.ndarray] | None = None
 
 
 class Member(ABC):
@@ -50,6 +53,10 @@ class Member(ABC):
     @abstractmethod
     def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
         """Load the model saved in `fold_dir` and predict (n, 6) scores for `df` (text_id, full_text)."""
+
+    def describe(self) -> dict:
+        """What `train --dry-run` shows: the member checked without training, data or network."""
+        return {"name": self.config.name, "kind": self.config.kind, "here": "cpu"}
 
     def predict_folds(self, df: pd.DataFrame, fold_dirs: list[Path]) -> np.ndarray:
         """Average of the fold models; members that can share work across folds (embeddings) override this."""

@@ -139,6 +139,11 @@ def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | No
             save_npy(tmp / "embeddings.npy", np.asarray(result.embeddings, dtype=np.float32))
         if result.history is not None:
             write_csv(tmp / "history.csv", result.history)
+        for name, alt in (result.alt_preds or {}).items():
+            if alt is not None:
+                alt_oof = oof.copy()
+                alt_oof[list(TARGETS)] = np.asarray(alt, dtype=np.float64)
+                write_parquet(tmp / f"oof_{name}.parquet", alt_oof)
         report = score_report(valid[list(TARGETS)].to_numpy(), preds)
         report.update(fold=fold, seconds=round(time.perf_counter() - t0, 2), **(result.info or {}))
         write_json(tmp / "metrics.json", report)
@@ -162,6 +167,14 @@ def finalize_member(cfg: MemberConfig, prep: Prepared) -> dict:
     metrics = score_report(truth, oof[list(TARGETS)].to_numpy())
     metrics["folds"] = [read_json(fold_dir(model_dir, k) / "metrics.json") for k in range(prep.n_folds)]
     metrics["name"], metrics["kind"] = cfg.name, cfg.kind
+    alt_names = {p.stem[4:] for p in fold_dir(model_dir, 0).glob("oof_*.parquet")}
+    for name in sorted(alt_names):
+        files = [fold_dir(model_dir, k) / f"oof_{name}.parquet" for k in range(prep.n_folds)]
+        if all(f.is_file() for f in files):
+            alt = pd.concat([pd.read_parquet(f) for f in files]).set_index(ID_COL).loc[prep.train[ID_COL]]
+            # e.g. a transformer's best-of-N-evaluations vs last-checkpoint OOF: the gap is the selection bias
+            metrics.setdefault("oof_checkpoints", {})[name] = score_report(truth, alt[list(TARGETS)].to_numpy())[
+                "mcrmse"]
     emb_files = [fold_dir(model_dir, k) / "embeddings.npy" for k in range(prep.n_folds)]
     if all(f.is_file() for f in emb_files):
         emb = np.concatenate([np.load(f) for f in emb_files])[order.loc[oof[ID_COL]].to_numpy()]

@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "when the cluster has GPUs, else 0)")
     p.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per job")
     p.add_argument("--max-retries", type=int, default=2, help="Ray: reruns of a job whose worker died")
+    p.add_argument("--dry-run", action="store_true", help="check every member's config and backbone, show each "
+                   "model's size, max_len and autocast; train nothing, read no data, download nothing")
     p.set_defaults(func=run)
 
 
@@ -53,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f"--only names unknown member(s) {sorted(unknown)}; have {[m.name for m in members]}")
         members = [m for m in members if m.name in args.only]
+    if args.dry_run:
+        return dry_run(members)
     dist.init()  # no-op unless launched by accelerate/torchrun
     with dist.main_first():  # only the main process writes folds.csv; the others read it
         prep = prepare(cfg, args.data_dir, args.workspace, force_folds=args.force_folds)
@@ -69,4 +73,24 @@ def run(args: argparse.Namespace) -> int:
         results = run_local(members, prep, folds)
     for name, metrics in results.items():
         print(f"{name}: OOF MCRMSE {metrics['mcrmse']:.4f}  ->  {prep.workspace.model_dir(name)}")
+    return 0
+
+
+def dry_run(members: list) -> int:
+    """Build every member (transformers on the meta device) and print one table; exit 2 on the first error."""
+    import pandas as pd
+
+    from fb3stack.base.runner import build_member
+
+    rows = []
+    for cfg in members:
+        try:
+            rows.append(build_member(cfg).describe())
+        except (ValueError, OSError) as err:  # ConfigError is a ValueError
+            print(f"{cfg.name}: {err}")
+            return 2
+    table = pd.DataFrame(rows, dtype=object)
+    print(table.where(table.notna(), "").to_string(index=False))
+    print("amp auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), fp16 + GradScaler on older GPUs, "
+          "fp32 on CPU; 'here' is what this machine would use")
     return 0

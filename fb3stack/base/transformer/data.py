@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +22,40 @@ from fb3stack.io import sha256_json
 logger = logging.getLogger(__name__)
 
 
-class TokenCache:
-    """Token ids per essay text for one tokenizer and max_len, kept in memory and (optionally) on disk."""
+_NEWLINES = re.compile(r"\s*\n\s*")
 
-    def __init__(self, tokenizer: object, max_len: int, cache_dir: Path | None = None) -> None:
+
+def mark_paragraphs(text: str, marker: str | None) -> str:
+    """Runs of newlines (a paragraph or line break, with the spaces around it) -> one `marker`."""
+    return text if marker is None else _NEWLINES.sub(marker, text.strip())
+
+
+def cut_head_tail(ids: list[int], max_len: int, head_ratio: float) -> list[int]:
+    """The first ~head_ratio*max_len and the last tokens of a sequence encoded with its special tokens: [CLS] at
+    the start and [SEP] at the end survive because they are the first and last tokens."""
+    if len(ids) <= max_len:
+        return ids
+    head = max(1, min(max_len - 1, round(max_len * head_ratio)))
+    return ids[:head] + ids[len(ids) - (max_len - head):]
+
+
+class TokenCache:
+    """Token ids per essay text for one tokenizer and text preparation, in memory and (optionally) on disk.
+
+    Everything that changes the ids is part of the key: the vocabulary (added markers included), max_len,
+    the truncation rule and the newline marker.
+    """
+
+    def __init__(self, tokenizer: object, max_len: int, cache_dir: Path | None = None, truncation: str = "head",
+                 head_ratio: float = 0.5, newline_token: str | None = None) -> None:
+        if truncation not in ("head", "head_tail"):
+            raise ValueError(f"truncation must be head or head_tail, got {truncation!r}")
         self.tokenizer, self.max_len = tokenizer, max_len
+        self.truncation, self.head_ratio, self.newline_token = truncation, head_ratio, newline_token
         # the vocabulary, not the folder name, identifies the tokenizer: a re-installed package may change it
         vocab = sorted(tokenizer.get_vocab().items())
-        key = sha256_json([type(tokenizer).__name__, vocab, tokenizer("a b")["input_ids"], max_len])[:16]
+        prep = [truncation, head_ratio if truncation == "head_tail" else None, newline_token]
+        key = sha256_json([type(tokenizer).__name__, vocab, tokenizer("a b")["input_ids"], max_len, prep])[:16]
         self.path = cache_dir / f"tokens-{key}.npz" if cache_dir else None
         self.ids: dict[str, np.ndarray] = {}
         if self.path and self.path.is_file():
@@ -36,11 +63,19 @@ class TokenCache:
                 offsets = z["offsets"]
                 self.ids = {h: z["flat"][a:b] for h, a, b in zip(z["keys"], offsets[:-1], offsets[1:])}
 
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        texts = [mark_paragraphs(t, self.newline_token) for t in texts]
+        if self.truncation == "head":
+            return self.tokenizer(texts, truncation=True, max_length=self.max_len)["input_ids"]
+        # whole essays first (no length warning: cutting follows), then keep both ends
+        full = self.tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        return [cut_head_tail(list(ids), self.max_len, self.head_ratio) for ids in full]
+
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         hashes = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
         todo = {h: t for h, t in zip(hashes, texts) if h not in self.ids}
         if todo:
-            enc = self.tokenizer(list(todo.values()), truncation=True, max_length=self.max_len)["input_ids"]
+            enc = self._tokenize(list(todo.values()))
             self.ids.update({h: np.asarray(e, dtype=np.int32) for h, e in zip(todo, enc)})
             self._save()
         return [self.ids[h] for h in hashes]

@@ -63,8 +63,30 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+_logged: set[str] = set()
+
+
+def _log_once(level: int, msg: str, *args: object) -> None:
+    """One line per process and message: an engine is built per fold and per prediction."""
+    text = msg % args
+    if text not in _logged:
+        _logged.add(text)
+        logger.log(level, text)
+
+
+def native_bf16(device: torch.device) -> tuple[bool, str]:
+    """(has bf16 tensor cores, why). `torch.cuda.is_bf16_supported()` also says yes where bf16 is only
+    emulated (T4, P100, V100): there bf16 runs several times slower than fp16, so ask for Ampere or newer."""
+    major, minor = torch.cuda.get_device_capability(device)
+    name = torch.cuda.get_device_name(device)
+    if major >= 8:
+        return True, f"{name} (compute capability {major}.{minor}) has native bf16"
+    return False, f"{name} (compute capability {major}.{minor}) has no bf16 tensor cores"
+
+
 def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the GPU supports it, fp16 otherwise; None (fp32) on CPU or when switched off.
+    """Autocast dtype: `auto` is bf16 where the GPU has it natively, fp16 (+ GradScaler) on older GPUs; None
+    (fp32) on CPU or when switched off.
 
     On CPU only an explicit `bf16` turns autocast on (fast on AMX / AVX512-BF16 cores): it changes the
     numbers, so CPU runs stay fp32 unless asked.
@@ -72,12 +94,17 @@ def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu" and name == "bf16":
         if cpu_bf16_supported():
             return torch.bfloat16
-        logger.warning("amp: bf16 asked for, but this CPU has no fast bf16; running fp32")
+        _log_once(logging.WARNING, "amp: bf16 asked for, but this CPU has no fast bf16; running fp32")
         return None
     if device.type != "cuda" or name == "none":
         return None
+    native, why = native_bf16(device)
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if native else torch.float16
+        _log_once(logging.INFO, "amp auto -> %s: %s", "bf16" if native else "fp16 + GradScaler", why)
+        return dtype
+    if name == "bf16" and not native:
+        _log_once(logging.WARNING, "amp: bf16 asked for, but %s: it is emulated and slow; fp16 is faster", why)
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
@@ -91,6 +118,9 @@ class Engine:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.micro_step = 0
+        # optimiser steps whose gradients overflowed (inf/NaN norm): GradScaler skips them and lowers its scale;
+        # counted on the device, read only when logged
+        self.skipped_steps = torch.zeros((), dtype=torch.long, device=self.device)
         if self.device.type == "cpu":
             limit_cpu_threads()
         logger.info("engine: %s, autocast %s, grad_accum %d", self.device, self.amp_dtype or "off (fp32)", grad_accum)
@@ -130,6 +160,8 @@ class Engine:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf"))
+        # after unscale_ the norm is inf/NaN exactly when GradScaler finds an overflow and skips the step
+        self.skipped_steps += (~torch.isfinite(norm)).long()
         if self.scaler:
             self.scaler.step(self.optimizer)
             self.scaler.update()

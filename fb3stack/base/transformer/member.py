@@ -4,7 +4,9 @@ A fold folder holds everything inference needs, so an offline bundle can copy it
 
     fold<k>/model.safetensors   backbone + pooler + head weights of the best evaluation
     fold<k>/backbone/           the backbone's config.json (architecture; no pretrained weights needed)
-    fold<k>/tokenizer/          the tokenizer files
+    fold<k>/tokenizer/          the tokenizer files (with the paragraph marker, if one was added)
+    fold<k>/preprocess.json     how essays were turned into tokens (max_len, truncation, newline marker):
+                                prediction reads it, so it always prepares text as training did
 """
 
 from __future__ import annotations
@@ -18,25 +20,37 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors.torch import load_model
+from transformers import AutoModel
 
 from fb3stack import dist
 from fb3stack.base.member import FoldResult, Member
 from fb3stack.base.transformer.adversarial import make_adversary
-from fb3stack.base.transformer.backbone import load_backbone, load_tokenizer, prepare_backbone, resolve_backbone
+from fb3stack.base.transformer.backbone import (
+    add_newline_token,
+    architecture_config,
+    encoder_layers,
+    load_backbone,
+    load_tokenizer,
+    prepare_backbone,
+    resolve_backbone,
+)
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import TokenCache, make_loader
 from fb3stack.base.transformer.ddp import make_engine, shard_rows, shard_train_loader
-from fb3stack.base.transformer.engine import Engine
+from fb3stack.base.transformer.engine import Engine, pick_amp, pick_device
 from fb3stack.base.transformer.losses import make_loss
 from fb3stack.base.transformer.model import FB3Model
-from fb3stack.base.transformer.optim import make_optimizer, make_scheduler
+from fb3stack.base.transformer.optim import make_optimizer, make_scheduler, param_groups
 from fb3stack.base.transformer.trainer import Trainer, predict
 from fb3stack.constants import TARGETS, TEXT_COL
+from fb3stack.io import read_json, write_json
 from fb3stack.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT = "model.safetensors"
+PREPROCESS = "preprocess.json"
+PREP_KEYS = ("max_len", "truncation", "head_ratio", "newline_token")
 
 
 def seed_everything(seed: int) -> None:
@@ -53,12 +67,14 @@ class TransformerMember(Member):
         super().__init__(config, workspace)
         self._caches: dict[tuple[str, int], TokenCache] = {}
 
-    def _tokens(self, tokenizer: object, texts: list[str]) -> list[np.ndarray]:
-        """Token ids, tokenized once per tokenizer and reused across folds (and runs, via the workspace)."""
-        key = (str(tokenizer.name_or_path), len(tokenizer))
+    def _tokens(self, tokenizer: object, texts: list[str], prep: dict | None = None) -> list[np.ndarray]:
+        """Token ids, tokenized once per tokenizer and text preparation, reused across folds (and runs, via the
+        workspace). `prep`: the fold's saved preparation at predict time; the config's when training."""
+        prep = prep or {k: getattr(self.config, k) for k in PREP_KEYS}
+        key = (str(tokenizer.name_or_path), len(tokenizer), *(prep[k] for k in PREP_KEYS))
         if key not in self._caches:
             folder = self.workspace.cache_dir("tokens") if self.workspace else None
-            self._caches[key] = TokenCache(tokenizer, self.config.max_len, folder)
+            self._caches[key] = TokenCache(tokenizer, cache_dir=folder, **prep)
         return self._caches[key].encode(texts)
 
     def _setup(self) -> None:
@@ -71,7 +87,10 @@ class TransformerMember(Member):
         seed_everything(cfg.seed + fold)
         source = resolve_backbone(cfg.backbone)
         tokenizer = load_tokenizer(source)
-        model = FB3Model(prepare_backbone(load_backbone(cfg, source), cfg), cfg)
+        backbone = load_backbone(cfg, source)
+        if cfg.newline_token:
+            add_newline_token(tokenizer, backbone, cfg.newline_token)
+        model = FB3Model(prepare_backbone(backbone, cfg), cfg)
         y_train = train[list(TARGETS)].to_numpy(np.float32)
         if cfg.init_bias_to_mean:
             model.set_bias(torch.from_numpy(y_train.mean(0)))
@@ -88,29 +107,60 @@ class TransformerMember(Member):
         engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))
         model.backbone.config.save_pretrained(fold_dir / "backbone")
         tokenizer.save_pretrained(fold_dir / "tokenizer")
+        write_json(fold_dir / PREPROCESS, {k: getattr(cfg, k) for k in PREP_KEYS})
         trainer = Trainer(cfg, engine, make_loss(cfg), make_adversary(cfg.adversarial, engine.model, cfg),
                           fold_dir / CHECKPOINT, desc=f"{cfg.name} fold {fold}")
         out = trainer.fit(train_loader, valid_loader, valid[list(TARGETS)].to_numpy(np.float64),
                           rows if dist.is_distributed() else None)
         info = {"best_step": out.best_step, "steps": out.steps, "stopped_early": out.stopped_early,
-                "best_valid_mcrmse": out.best_score, "train_seconds": round(time.perf_counter() - t0, 1),
-                "device": str(engine.device), "amp": str(engine.amp_dtype)}
-        return FoldResult(out.preds, out.embeddings, out.history, info)
+                "best_valid_mcrmse": out.best_score, "last_valid_mcrmse": out.last_score, "n_evals": out.n_evals,
+                "oof_checkpoint": cfg.oof_checkpoint, "skipped_steps": out.skipped_steps,
+                "train_seconds": round(time.perf_counter() - t0, 1), "device": str(engine.device),
+                "amp": str(engine.amp_dtype)}
+        return FoldResult(out.preds, out.embeddings, out.history, info, alt_preds=out.alt_preds)
+
+    def describe(self) -> dict:
+        """The architecture built on the meta device (no weights, no memory, no network): parameter counts after
+        freezing, max_len and the autocast this machine would pick (and what `auto` picks on other GPUs)."""
+        cfg = self.config
+        config = architecture_config(cfg)
+        with torch.device("meta"):
+            model = FB3Model(prepare_backbone(AutoModel.from_config(config, dtype=torch.float32), cfg), cfg)
+        optimizer_params = sum(p.numel() for g in param_groups(model, cfg) for p in g["params"])
+        make_adversary(cfg.adversarial, model, cfg)  # refuses an adversary with nothing to perturb
+        try:
+            device = pick_device(cfg.device)
+            amp = pick_amp(cfg.amp, device)
+            here = f"{str(amp).replace('torch.', '') if amp else 'fp32'} on {device.type}"
+        except RuntimeError as err:
+            here = str(err)
+        return {"name": cfg.name, "kind": cfg.kind, "backbone": cfg.backbone,
+                "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+                "trainable_m": round(optimizer_params / 1e6, 1), "layers": len(encoder_layers(model.backbone)),
+                "max_len": cfg.max_len, "truncation": cfg.truncation, "newline_token": cfg.newline_token,
+                "batch": f"{cfg.batch_size}x{cfg.grad_accum}", "checkpointing": cfg.gradient_checkpointing,
+                "adversarial": cfg.adversarial, "amp": cfg.amp, "here": here}
 
     def load_fold(self, fold_dir: Path) -> tuple[FB3Model, object]:
-        """The best checkpoint of a fold, built from the fold folder alone (offline)."""
+        """The kept checkpoint of a fold (float32), built from the fold folder alone (offline)."""
         fold_dir = Path(fold_dir)
         backbone = load_backbone(self.config, fold_dir / "backbone", pretrained=False)
         model = FB3Model(backbone, self.config)
         load_model(model, str(fold_dir / CHECKPOINT))
         return model, load_tokenizer(fold_dir / "tokenizer")
 
+    def fold_preprocess(self, fold_dir: Path) -> dict:
+        """How the fold prepared its text; folds written before preprocess.json existed used the plain rule."""
+        path = Path(fold_dir) / PREPROCESS
+        saved = read_json(path) if path.is_file() else {"max_len": self.config.max_len}
+        return {"truncation": "head", "head_ratio": 0.5, "newline_token": None, **saved}
+
     def predict_fold_with_embeddings(self, df: pd.DataFrame, fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
         self._setup()
         model, tokenizer = self.load_fold(fold_dir)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        loader = make_loader(self._tokens(tokenizer, df[TEXT_COL].tolist()), None, self.config.eval_batch_size,
-                             False, pad)
+        loader = make_loader(self._tokens(tokenizer, df[TEXT_COL].tolist(), self.fold_preprocess(fold_dir)), None,
+                             self.config.eval_batch_size, False, pad)
         return predict(Engine(model, self.config.device, self.config.amp), loader)
 
     def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:

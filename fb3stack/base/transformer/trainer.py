@@ -63,11 +63,15 @@ def _predict_local(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.n
 class FitOutcome:
     best_score: float
     best_step: int
-    preds: np.ndarray  # validation predictions of the best checkpoint
-    embeddings: np.ndarray  # pooled validation features of the best checkpoint
+    preds: np.ndarray  # validation predictions of the kept checkpoint (cfg.oof_checkpoint: best or last)
+    embeddings: np.ndarray  # pooled validation features of the kept checkpoint
     history: pd.DataFrame
     steps: int
     stopped_early: bool
+    last_score: float = math.nan
+    n_evals: int = 0
+    skipped_steps: int = 0  # fp16 overflows: optimiser steps GradScaler skipped
+    alt_preds: dict[str, np.ndarray] | None = None  # validation predictions of both checkpoints, by name
 
 
 class Trainer:
@@ -129,8 +133,16 @@ class Trainer:
             run_loss, run_n = torch.zeros_like(run_loss), 0
             if stop:
                 break
-        return FitOutcome(self.best, self.best_step, self.best_preds, self.best_emb, pd.DataFrame(self.rows),
-                          step, stop)
+        if cfg.oof_checkpoint == "last":
+            # the fold keeps what training ended with: its OOF was not chosen by looking at the fold's labels
+            save_model(unwrap(engine.model), str(self.checkpoint))
+            preds, emb = self.last_preds, self.last_emb
+        else:
+            preds, emb = self.best_preds, self.best_emb
+        return FitOutcome(self.best, self.best_step, preds, emb, pd.DataFrame(self.rows), step, stop,
+                          last_score=self.rows[-1]["valid_mcrmse"], n_evals=len(self.rows),
+                          skipped_steps=int(engine.skipped_steps), alt_preds={"best": self.best_preds,
+                                                                             "last": self.last_preds})
 
     def lr(self) -> float:
         """The backbone's largest current learning rate: the top encoder layer's under LLRD."""
@@ -143,14 +155,17 @@ class Trainer:
         preds, emb = predict(self.engine, loader, self.valid_rows, len(y))
         score = mcrmse(y, preds)
         improved = score < self.best
+        self.last_preds, self.last_emb = preds, emb
         if improved:
             self.best, self.best_step, self.best_preds, self.best_emb, self.bad_evals = score, step, preds, emb, 0
-            save_model(unwrap(self.engine.model), str(self.checkpoint))
+            if self.cfg.oof_checkpoint == "best":
+                save_model(unwrap(self.engine.model), str(self.checkpoint))
         else:
             self.bad_evals += 1
         self.rows.append({"step": step, "epoch": round(epoch, 3), "train_loss": run_loss.item() / max(run_n, 1),
                           "valid_mcrmse": score, "lr": self.lr(), "grad_norm": float(grad_norm),
-                          "best": improved, "seconds": round(time.perf_counter() - self.t0, 1)})
+                          "best": improved, "skipped_steps": int(self.engine.skipped_steps),
+                          "seconds": round(time.perf_counter() - self.t0, 1)})
         logger.info("%s step %d/%d epoch %.2f: train loss %.4f, valid MCRMSE %.4f%s", self.desc, step,
                     self.total_steps, epoch, self.rows[-1]["train_loss"], score, " (best)" if improved else "")
         return bool(self.cfg.patience) and self.bad_evals >= self.cfg.patience
