@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 import gpu_check_prepare as prepare_mod  # noqa: E402
 
 # share of the time budget per part; what a part leaves unused goes to the later ones in proportion
-SHARES = {"1": 0.04, "2": 0.30, "3": 0.20, "4": 0.06, "5": 0.34, "6": 0.06}
+SHARES = {"1": 0.04, "2": 0.28, "3": 0.18, "4": 0.05, "5": 0.40, "6": 0.05}
 TITLES = {"1": "machine facts and matmul peaks", "2": "DeBERTa-v3 architectures, eager attention",
           "3": "DeBERTa attention kernels vs eager", "4": "fp16 + GradScaler (T4 path)",
           "5": "MiniLM fp16 checkpoint fine-tuned by fb3stack train (5 folds)", "6": "inference of the folds"}
@@ -399,6 +399,7 @@ def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float) -> dict:
 
 
 def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict) -> None:
+    import dataclasses
     import math
 
     import torch
@@ -406,10 +407,11 @@ def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict
         GRAD_TOL,
         LOSS_PARITY_STEPS,
         LOSS_TOL,
+        attention_label,
         batch_stream,
         build,
-        enable_attention,
         first_batch_grads,
+        free_memory,
         grad_difference,
         snapshot,
         train_steps,
@@ -427,13 +429,17 @@ def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict
     init = snapshot(model)
     g_eager = first_batch_grads(model, cfg, first)
     ref = train_steps(model, cfg, stream(), min(LOSS_PARITY_STEPS, n), n, math.inf, 0)
-    model.load_state_dict(init)
-    del init
-    try:
-        label = enable_attention(model, impl, ctx.device)
+    model = None
+    free_memory()
+    label = attention_label(impl, ctx.device)
+    try:  # as `fb3stack train` does it: attention_impl in the config, applied by prepare_backbone
+        model, cfg = build(dataclasses.replace(spec, attention=impl), ctx.work / "arch", ctx.device, ctx.quick,
+                           None)
     except (ImportError, RuntimeError) as err:
         row.update(status="unavailable", note=str(err)[:400])
         return
+    model.load_state_dict(init)  # the eager run's starting weights (same parameter names)
+    del init
     t_compile = time.perf_counter()
     try:
         g_kernel = first_batch_grads(model, cfg, first)

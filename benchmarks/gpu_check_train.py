@@ -11,7 +11,7 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,46 +107,52 @@ def free_memory() -> None:
 
 
 def member_config(spec: Spec, backbone: Path, device: str, quick: bool) -> MemberConfig:
-    """configs/models/<model>.yaml with this run's backbone folder, length, checkpointing and precision."""
+    """configs/models/<model>.yaml with this run's backbone folder, length, checkpointing, precision and attention.
+
+    The configs' essay preprocessing (head_tail truncation, a [BR] paragraph token) is not used here: the
+    batches come from Essays (head truncation), which changes the lengths a little, not the speed per token.
+    """
     from fb3stack.base.registry import load_member_config
 
     overrides = [f"backbone={backbone}", f"max_len={spec.max_len}", f"device={device}", f"amp={spec.amp}",
-                 f"gradient_checkpointing={str(spec.checkpointing).lower()}", "grad_accum=1"]
+                 f"gradient_checkpointing={str(spec.checkpointing).lower()}", "grad_accum=1",
+                 f"attention_impl={spec.attention}"]
     if quick:
         overrides.append("batch_size=4")
     return load_member_config(REPO / "configs" / "models" / f"{spec.model}.yaml", overrides=overrides)
 
 
 def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray | None):
-    """(FB3Model on `device`, its TransformerConfig), weights from a fixed seed: same spec, same weights."""
+    """(FB3Model on `device`, its TransformerConfig), built the way `fb3stack train` builds it (attention_impl
+    included), weights from a fixed seed: same spec, same weights."""
+    import dataclasses
+
     from transformers import DebertaV2Config
 
+    from fb3stack.base.transformer import attention
     from fb3stack.base.transformer.backbone import load_backbone, prepare_backbone
     from fb3stack.base.transformer.model import FB3Model
 
     source = folder / f"{spec.model}{'-tiny' if quick else ''}"
     if not (source / "config.json").is_file():
         DebertaV2Config(**V3, **(TINY if quick else SIZES)[spec.model]).save_pretrained(source)
-    cfg = member_config(spec, source, device, quick)
+    # on a CPU the kernels cannot run; disentangled-flash's PyTorch backend still exercises the same swap
+    cpu_torch_backend = device != "cuda" and spec.attention == "disentangled-flash"
+    cfg = member_config(dataclasses.replace(spec, attention="eager") if cpu_torch_backend else spec, source, device,
+                        quick)
     torch.manual_seed(cfg.seed)
     with torch.device(device):  # random init straight on the GPU: seconds instead of a minute for large
         model = FB3Model(prepare_backbone(load_backbone(cfg, source, pretrained=False), cfg), cfg)
+    if cpu_torch_backend:
+        attention.enable(model.backbone, spec.attention, backend="torch")
     if y_mean is not None:
         model.set_bias(torch.from_numpy(y_mean))
     return model, cfg
 
 
-def enable_attention(model: torch.nn.Module, impl: str, device: str) -> str:
-    """The impl on CUDA through the public switch; on a CPU only disentangled-flash's PyTorch backend runs."""
-    from fb3stack.base.transformer import attention
-
-    if device == "cuda" or impl == "eager":
-        attention.apply_attention_impl(model.backbone, impl)
-        return impl
-    if impl == "disentangled-flash":
-        attention.enable(model.backbone, impl, backend="torch")
-        return f"{impl} (torch backend: CPU smoke, not the kernel)"
-    attention.apply_attention_impl(model.backbone, impl)  # raises: needs CUDA
+def attention_label(impl: str, device: str) -> str:
+    if device != "cuda" and impl == "disentangled-flash":
+        return f"{impl} (its PyTorch backend: a CPU smoke run of the swap, not the kernel)"
     return impl
 
 
@@ -163,10 +169,9 @@ def batch_stream(essays: Essays, max_len: int, batch_size: int, seed: int) -> It
 
 
 def train_steps(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[dict], steps: int, total: int,
-                deadline: float, warmup: int, track_scale: bool = False,
-                on_step: Callable[[int], None] | None = None) -> RunResult:
+                deadline: float, warmup: int, track_scale: bool = False, min_timed: int = 5) -> RunResult:
     """Up to `steps` optimiser steps (schedule sized for `total`); the clock runs after `warmup` steps and the
-    loop stops early once `deadline` has passed."""
+    loop stops early once `deadline` has passed (after at least `min_timed` timed steps)."""
     from common import encoder_flops  # benchmarks/common.py (gpu_check puts benchmarks/ on sys.path)
 
     from fb3stack.base.transformer.engine import Engine
@@ -201,10 +206,8 @@ def train_steps(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[dic
             res.skipped += 1
         losses.append(loss.detach().float())
         res.steps = step + 1
-        if on_step:
-            on_step(step)
         # no sync needed: the host runs at most a step or so ahead of the GPU (each step fills the launch queue)
-        if step + 1 > warmup and time.perf_counter() > deadline:
+        if step + 1 >= warmup + min_timed and time.perf_counter() > deadline:
             break
     sync(device)
     res.timed_steps = max(0, res.steps - warmup)

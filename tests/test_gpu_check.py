@@ -120,3 +120,17 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
+
+
+def test_truncating_cached_ids_equals_tokenizing_shorter(prepared: Path, train_df: pd.DataFrame) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_check_train import tokenize
+    from transformers import AutoTokenizer
+
+    texts = train_df["full_text"].tolist()[:40]
+    essays = tokenize(texts, train_df.iloc[:40, 2:].to_numpy("float32"), prepared / "minilm-fp16", 1024)
+    tok = AutoTokenizer.from_pretrained(prepared / "minilm-fp16")
+    for max_len in (64, 512):
+        direct = tok(texts, truncation=True, max_length=max_len)["input_ids"]
+        assert [x.tolist() for x in essays.at(max_len)] == direct
+    assert essays.mean_len(64) == 64.0 and essays.mean_len(1024) > essays.mean_len(512)
