@@ -415,6 +415,7 @@ def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict
         grad_difference,
         snapshot,
         train_steps,
+        warm_up_shapes,
     )
 
     essays = ctx.essays()
@@ -442,6 +443,7 @@ def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict
     del init
     t_compile = time.perf_counter()
     try:
+        shapes = warm_up_shapes(model, cfg, stream(), scan=20 if ctx.quick else 300)
         g_kernel = first_batch_grads(model, cfg, first)
     except torch.cuda.OutOfMemoryError:
         raise
@@ -461,7 +463,8 @@ def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict
     row["note"] = (f"{label}; losses of steps 1-{m} vs eager: max rel diff {loss_rel:.1e} (tol {LOSS_TOL:g}); "
                    f"first-batch gradient rel L2 diff {rel:.1e} (tol {GRAD_TOL:g}), cosine {cos:.5f}"
                    + (f"; gradients only one side has: {only[:4]}" if only else "")
-                   + f"; first fwd+bwd incl. kernel compile {t_compile:.1f} s; {res.timed_steps} timed steps")
+                   + f"; warm-up over {shapes} batch shapes (Triton compiles) {t_compile:.1f} s"
+                   + f"; {res.timed_steps} timed steps")
     eager = [r for r in ctx.rows if r["part"] == "2" and r["model"] == row["model"]
              and r["max_len"] == row["max_len"] and r["checkpointing"] == row["checkpointing"]
              and isinstance(r["tokens_per_s"], float) and r["tokens_per_s"] > 0]

@@ -31,9 +31,12 @@ SIZES = {"deberta-v3-base": dict(hidden_size=768, num_hidden_layers=12, num_atte
                                  intermediate_size=3072),
          "deberta-v3-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                                   intermediate_size=4096)}
-# --quick: same code, toy widths (head size 16 and 32)
-TINY = {"deberta-v3-base": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
-        "deberta-v3-large": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)}
+# --quick: same code, toy widths (head size 16 and 32) and MiniLM's vocabulary size (its ids are what the
+# essays are tokenized into), so a CPU step is not spent on a 128100-row embedding
+TINY = {"deberta-v3-base": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                vocab_size=30522),
+        "deberta-v3-large": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                 vocab_size=30522)}
 LOSS_PARITY_STEPS = 10
 LOSS_TOL = 2e-2  # relative, per step, bf16: two attention kernels round differently, errors grow with steps
 GRAD_TOL = 5e-2  # relative L2 of the whole first-batch gradient, bf16
@@ -101,8 +104,10 @@ def sync(device: str) -> None:
 
 
 def free_memory() -> None:
-    gc.collect()
+    """Give a finished model's GPU memory back before the next one; on a CPU-only machine nothing to do (and a
+    full gc.collect costs ~0.4 s with transformers imported)."""
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()
 
 
@@ -135,7 +140,7 @@ def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray
 
     source = folder / f"{spec.model}{'-tiny' if quick else ''}"
     if not (source / "config.json").is_file():
-        DebertaV2Config(**V3, **(TINY if quick else SIZES)[spec.model]).save_pretrained(source)
+        DebertaV2Config(**{**V3, **(TINY if quick else SIZES)[spec.model]}).save_pretrained(source)
     # on a CPU the kernels cannot run; disentangled-flash's PyTorch backend still exercises the same swap
     cpu_torch_backend = device != "cuda" and spec.attention == "disentangled-flash"
     cfg = member_config(dataclasses.replace(spec, attention="eager") if cpu_torch_backend else spec, source, device,
@@ -238,6 +243,41 @@ def first_batch_grads(model: torch.nn.Module, cfg: MemberConfig, batch: dict) ->
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
     return grads
+
+
+LENGTH_FAMILIES = (64, 128, 384, 512, 768, 1024, 2048)  # disentangled-flash compiles one kernel per family
+
+
+def shape_key(batch: dict[str, torch.Tensor], heads: int) -> tuple[int, bool, int]:
+    """What a Triton kernel may be compiled for: the length family of the padded width, whether the width is a
+    multiple of 16 (Triton specialises integer arguments on it), and the batch x heads occupancy class."""
+    rows, width = batch["input_ids"].shape
+    family = next((f for f in LENGTH_FAMILIES if width <= f), LENGTH_FAMILIES[-1])
+    occupancy = next((o for o in (8, 32) if rows * heads <= o), 64)
+    return family, width % 16 == 0, occupancy
+
+
+def warm_up_shapes(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[dict], scan: int = 300) -> int:
+    """Forward/backward (no optimiser step) on one batch of each kernel shape among the next `scan` batches, so
+    Triton compiles before the clock runs rather than in the timed steps. Returns the number of shapes."""
+    from fb3stack.base.transformer.engine import Engine
+    from fb3stack.base.transformer.losses import make_loss
+
+    heads = model.backbone.config.num_attention_heads
+    seen: dict[tuple, dict] = {}
+    for _, batch in zip(range(scan), batches):
+        seen.setdefault(shape_key(batch, heads), batch)
+    engine, loss_fn = Engine(model, cfg.device, cfg.amp), make_loss(cfg)
+    model.train()
+    for batch in seen.values():
+        b = engine.to_device(batch)
+        with engine.autocast():
+            preds, _ = model(b["input_ids"], b["attention_mask"])
+            loss = loss_fn(preds, b["labels"])
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    sync(cfg.device)
+    return len(seen)
 
 
 def grad_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, list[str]]:

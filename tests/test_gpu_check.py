@@ -134,3 +134,29 @@ def test_truncating_cached_ids_equals_tokenizing_shorter(prepared: Path, train_d
         direct = tok(texts, truncation=True, max_length=max_len)["input_ids"]
         assert [x.tolist() for x in essays.at(max_len)] == direct
     assert essays.mean_len(64) == 64.0 and essays.mean_len(1024) > essays.mean_len(512)
+
+
+def test_carried_wheels_are_unpacked_when_pip_did_not_install_them(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import zipfile
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    saved = dict(os.environ)
+    import gpu_check  # sets HF_HUB_OFFLINE, TQDM_DISABLE ... for its own run: not for the rest of the suite
+    import gpu_check_prepare
+
+    os.environ.clear()
+    os.environ.update(saved)
+
+    (tmp_path / "prep" / "wheels").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "prep" / "wheels" / "fb3_fake_pkg-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("fb3_fake_pkg/__init__.py", "ANSWER = 42\n")
+    monkeypatch.setattr(gpu_check_prepare, "WHEEL_PINS", {"fb3-fake-pkg": ("1.0", "fb3_fake_pkg"),
+                                                          "pandas": (None, "pandas")})  # installed: left alone
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    assert gpu_check.unpack_wheels(tmp_path / "prep", tmp_path / "site") == ["fb3_fake_pkg-1.0-py3-none-any.whl"]
+    assert importlib.import_module("fb3_fake_pkg").ANSWER == 42
+    assert os.environ["PYTHONPATH"].startswith(str(tmp_path / "site"))  # the training subprocess finds it too
+    sys.modules.pop("fb3_fake_pkg", None)
