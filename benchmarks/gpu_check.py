@@ -36,6 +36,7 @@ import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import zipfile  # noqa: E402
@@ -93,6 +94,8 @@ class Ctx:
     errors: list[dict] = field(default_factory=list)
     part_seconds: dict[str, float] = field(default_factory=dict)
     finetuned: Path | None = None  # part 5's model folder, for part 6
+    current: str = ""  # the part running now
+    child: object = None  # part 5's training process while it runs
     _essays: object = None
     _train: object = None
 
@@ -542,7 +545,31 @@ def write_outputs(ctx: Ctx) -> str:
     return table
 
 
+def start_watchdog(ctx: Ctx, seconds: float) -> threading.Timer:
+    """Last resort against a call that never returns (a hung compile, a stuck GPU): after `seconds`, record
+    which part hung, write what was measured, and end the process (the parts' own deadlines come first)."""
+    import signal
+
+    def fire() -> None:
+        ctx.errors.append({"part": ctx.current or "-", "error": f"watchdog: still running after {seconds:.0f} s "
+                           f"(budget {ctx.budget.end - ctx.budget.t0:.0f} s); stopped", "traceback": ""})
+        print(f"watchdog: part {ctx.current} still running after {seconds:.0f} s; writing results and exiting",
+              flush=True)
+        try:
+            if ctx.child is not None:
+                os.killpg(ctx.child.pid, signal.SIGKILL)
+            write_outputs(ctx)
+        finally:
+            os._exit(3)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def run_part(ctx: Ctx, part: str, fn: Callable[[Ctx, float], None]) -> None:
+    ctx.current = part
     deadline = ctx.budget.begin(part)
     ctx.log(f"== part {part}: {TITLES[part]} (until {deadline - ctx.budget.t0:.0f} s)")
     t0 = time.perf_counter()
@@ -575,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="toy models, a few steps: checks the script, not speed")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for all parts together")
     p.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated parts to run")
+    p.add_argument("--grace", type=float, default=100.0,
+                   help="seconds past the budget before the watchdog stops a hung run (results so far are kept)")
     args = p.parse_args(argv)
 
     if args.prepare:
@@ -612,8 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     if "1" not in parts:  # MFU needs the peaks of this run
         parts.insert(0, "1")
         ctx.budget.pending.insert(0, "1")
+    watchdog = start_watchdog(ctx, args.budget + args.grace)
     for part in parts:
         run_part(ctx, part, fns[part])
+    watchdog.cancel()
     table = write_outputs(ctx)
     print(f"\n{table}\nwrote {ctx.out / 'gpu_check.csv'} and {ctx.out / 'gpu_check.md'} "
           f"({ctx.budget.elapsed():.0f} s; {len(ctx.errors)} part(s) with errors)", flush=True)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,13 @@ QUICK_RUN = dict(epochs=1, batch_size=8, max_len=64, limit=32, infer=16)
 INFER_ESSAYS = 2000
 
 
-def run_streaming(cmd: list[str], env: dict[str, str], timeout: float, log: Path, prefix: str) -> int | None:
+def run_streaming(cmd: list[str], env: dict[str, str], timeout: float, log: Path, prefix: str,
+                  on_start: Callable[[subprocess.Popen | None], None] = lambda proc: None) -> int | None:
     """Run `cmd`, echoing its output with `prefix` and into `log`; None when it had to be stopped at `timeout`."""
     with open(log, "w", encoding="utf-8") as fh:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 cwd=REPO, start_new_session=True)
+        on_start(proc)
 
         def pump() -> None:
             for line in proc.stdout:
@@ -45,6 +48,7 @@ def run_streaming(cmd: list[str], env: dict[str, str], timeout: float, log: Path
                 proc.wait()
             rc = None
         reader.join(timeout=5)
+        on_start(None)
     return rc
 
 
@@ -106,7 +110,8 @@ def part_finetune(ctx, deadline: float) -> None:  # noqa: ANN001 - gpu_check.Ctx
     ctx.log("part 5: " + " ".join(cmd[1:]))
     t0 = time.perf_counter()
     # leave a little of the budget for reading the results and for part 6's share
-    rc = run_streaming(cmd, env, deadline - t0 - 5, ctx.work / "train.log", "    | ")
+    rc = run_streaming(cmd, env, deadline - t0 - 5, ctx.work / "train.log", "    | ",
+                       on_start=lambda proc: setattr(ctx, "child", proc))
     wall = time.perf_counter() - t0
     model_dir = ws / "models" / MEMBER
     metrics, oof = fold_results(model_dir, train)

@@ -8,6 +8,7 @@ its evaluation, and without the configs' FGM attack (from epoch 1 on, FGM adds a
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import time
@@ -130,8 +131,6 @@ def member_config(spec: Spec, backbone: Path, device: str, quick: bool) -> Membe
 def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray | None):
     """(FB3Model on `device`, its TransformerConfig), built the way `fb3stack train` builds it (attention_impl
     included), weights from a fixed seed: same spec, same weights."""
-    import dataclasses
-
     from transformers import DebertaV2Config
 
     from fb3stack.base.transformer import attention
@@ -141,15 +140,19 @@ def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray
     source = folder / f"{spec.model}{'-tiny' if quick else ''}"
     if not (source / "config.json").is_file():
         DebertaV2Config(**{**V3, **(TINY if quick else SIZES)[spec.model]}).save_pretrained(source)
-    # on a CPU the kernels cannot run; disentangled-flash's PyTorch backend still exercises the same swap
-    cpu_torch_backend = device != "cuda" and spec.attention == "disentangled-flash"
-    cfg = member_config(dataclasses.replace(spec, attention="eager") if cpu_torch_backend else spec, source, device,
-                        quick)
+    cfg = member_config(spec, source, device, quick)
     torch.manual_seed(cfg.seed)
-    with torch.device(device):  # random init straight on the GPU: seconds instead of a minute for large
-        model = FB3Model(prepare_backbone(load_backbone(cfg, source, pretrained=False), cfg), cfg)
-    if cpu_torch_backend:
-        attention.enable(model.backbone, spec.attention, backend="torch")
+    # on a CPU the kernels cannot run; disentangled-flash's PyTorch backend makes the same swap at the same point
+    # of prepare_backbone (before checkpointing and freezing)
+    swap = device != "cuda" and spec.attention == "disentangled-flash"
+    public = attention.apply_attention_impl
+    if swap:
+        attention.apply_attention_impl = functools.partial(attention.enable, backend="torch")
+    try:
+        with torch.device(device):  # random init straight on the GPU: seconds instead of a minute for large
+            model = FB3Model(prepare_backbone(load_backbone(cfg, source, pretrained=False), cfg), cfg)
+    finally:
+        attention.apply_attention_impl = public
     if y_mean is not None:
         model.set_bias(torch.from_numpy(y_mean))
     return model, cfg

@@ -117,3 +117,16 @@ def test_disentangled_flash_matches_eager_and_keeps_checkpoints() -> None:
         torch.testing.assert_close(plain(input_ids=ids, attention_mask=mask).last_hidden_state[real],
                                    fused(input_ids=ids, attention_mask=mask).last_hidden_state[real],
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_disentangled_flash_then_checkpointing_as_prepare_backbone_orders_them() -> None:
+    """prepare_backbone applies attention_impl before enabling checkpointing: the new encoder must checkpoint."""
+    pytest.importorskip("disentangled_flash")
+    eager, fused = tiny_deberta(), tiny_deberta()
+    attention.enable(fused, "disentangled-flash", backend="torch")
+    fused.gradient_checkpointing_enable()
+    assert fused.encoder.gradient_checkpointing
+    _, _, g_e = loss_and_grads(eager)
+    _, _, g_f = loss_and_grads(fused)  # recomputed forward in backward: same gradients
+    for name in g_e:
+        torch.testing.assert_close(g_f[name], g_e[name], rtol=1e-3, atol=1e-5, msg=name)
