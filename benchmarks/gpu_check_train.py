@@ -76,10 +76,13 @@ class Spec:
     checkpointing: bool
     amp: str = "bf16"
     attention: str = "eager"
+    batch_size: int | None = None  # None: the model config's
 
     @property
     def label(self) -> str:
-        return f"{self.model} {self.max_len} ckpt={'on' if self.checkpointing else 'off'} {self.amp} {self.attention}"
+        batch = f" batch {self.batch_size}" if self.batch_size else ""
+        return (f"{self.model} {self.max_len} ckpt={'on' if self.checkpointing else 'off'} {self.amp} "
+                f"{self.attention}{batch}")
 
 
 @dataclass
@@ -125,6 +128,8 @@ def member_config(spec: Spec, backbone: Path, device: str, quick: bool) -> Membe
                  f"attention_impl={spec.attention}"]
     if quick:
         overrides.append("batch_size=4")
+    elif spec.batch_size:
+        overrides.append(f"batch_size={spec.batch_size}")
     return load_member_config(REPO / "configs" / "models" / f"{spec.model}.yaml", overrides=overrides)
 
 
