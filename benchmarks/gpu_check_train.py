@@ -279,10 +279,13 @@ def warm_up_shapes(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[
 def grad_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, list[str]]:
     """(relative L2 difference, cosine, names with a gradient in only one of them)."""
     common = sorted(set(a) & set(b))
-    diff = sum(float((a[k] - b[k]).double().pow(2).sum()) for k in common)
-    na = sum(float(a[k].double().pow(2).sum()) for k in common)
-    nb = sum(float(b[k].double().pow(2).sum()) for k in common)
-    dot = sum(float((a[k].double() * b[k].double()).sum()) for k in common)
+    diff = na = nb = dot = 0.0
+    for k in common:  # one tensor at a time on b's device (a may wait on the CPU)
+        x, y = a[k].to(b[k].device).double(), b[k].double()
+        diff += float((x - y).pow(2).sum())
+        na += float(x.pow(2).sum())
+        nb += float(y.pow(2).sum())
+        dot += float((x * y).sum())
     rel = math.sqrt(diff / na) if na > 0 else float("nan")
     cos = dot / math.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
     return rel, cos, sorted(set(a) ^ set(b))
