@@ -384,9 +384,47 @@ def part_deberta(ctx: Ctx, deadline: float) -> None:
                 spec_row(ctx, "2", spec))
 
 
-def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float) -> dict:
-    """Eager and `impl` from the same weights on the same batches: first-batch gradients, the first 10 losses,
-    then `impl`'s tokens/s and memory. One row; OOM is a result."""
+@dataclass
+class EagerReference:
+    """What the kernels are compared with, computed once per configuration with eager attention."""
+
+    init: dict  # the starting state dict (on the CPU)
+    grads: dict  # first-batch gradients by parameter name (on the CPU, so they do not count in the kernels' memory)
+    losses: list[float]  # losses of the first optimiser steps
+    first: dict  # the first batch
+
+
+def eager_reference(ctx: Ctx, spec: object) -> EagerReference:
+    import math
+
+    from gpu_check_train import (
+        LOSS_PARITY_STEPS,
+        batch_stream,
+        build,
+        first_batch_grads,
+        free_memory,
+        snapshot,
+        train_steps,
+    )
+
+    essays = ctx.essays()
+    n, _ = steps_for(ctx, 100)
+    model, cfg = build(spec, ctx.work / "arch", ctx.device, ctx.quick, essays.y.mean(0))
+    try:
+        first = next(batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed))
+        init = snapshot(model)
+        grads = {k: v.cpu() for k, v in first_batch_grads(model, cfg, first).items()}
+        ref = train_steps(model, cfg, batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed),
+                          min(LOSS_PARITY_STEPS, n), n, math.inf, 0)
+        return EagerReference(init, grads, ref.losses, first)
+    finally:
+        model = None
+        free_memory()
+
+
+def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float, ref: EagerReference) -> dict:
+    """`impl` from the eager reference's weights on the same batches: first-batch gradients and the first 10
+    losses against eager's, then `impl`'s tokens/s and memory. One row; OOM is a result."""
     import dataclasses
 
     import torch
@@ -394,7 +432,7 @@ def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float) -> dict:
 
     row, t0 = spec_row(ctx, "3", dataclasses.replace(spec, attention=impl)), time.perf_counter()
     try:
-        compare_kernel(ctx, impl, spec, deadline, row)
+        compare_kernel(ctx, impl, spec, deadline, row, ref)
     except torch.cuda.OutOfMemoryError as err:
         row.update(status="oom", note=str(err).splitlines()[0][:240])
     finally:
@@ -403,61 +441,49 @@ def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float) -> dict:
     return ctx.add(**row)
 
 
-def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict) -> None:
+def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict, ref: EagerReference) -> None:
     import dataclasses
-    import math
 
     import torch
     from gpu_check_train import (
         GRAD_TOL,
-        LOSS_PARITY_STEPS,
         LOSS_TOL,
         attention_label,
         batch_stream,
         build,
         first_batch_grads,
-        free_memory,
         grad_difference,
-        snapshot,
         train_steps,
         warm_up_shapes,
     )
 
     essays = ctx.essays()
     n, warmup = steps_for(ctx, 100)
-    reset_peak(ctx)
-    model, cfg = build(spec, ctx.work / "arch", ctx.device, ctx.quick, essays.y.mean(0))
-
-    def stream():  # noqa: ANN202 - the same batches every time
-        return batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed)
-
-    first = next(stream())
-    init = snapshot(model)
-    g_eager = first_batch_grads(model, cfg, first)
-    ref = train_steps(model, cfg, stream(), min(LOSS_PARITY_STEPS, n), n, math.inf, 0)
-    model = None
-    free_memory()
     label = attention_label(impl, ctx.device)
+    reset_peak(ctx)
     try:  # as `fb3stack train` does it: attention_impl in the config, applied by prepare_backbone
         model, cfg = build(dataclasses.replace(spec, attention=impl), ctx.work / "arch", ctx.device, ctx.quick,
                            None)
     except (ImportError, RuntimeError) as err:
         row.update(status="unavailable", note=str(err)[:400])
         return
-    model.load_state_dict(init)  # the eager run's starting weights (same parameter names)
-    del init
+    model.load_state_dict(ref.init)  # the eager run's starting weights (same parameter names)
+
+    def stream():  # noqa: ANN202 - the eager reference's batches
+        return batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed)
+
     t_compile = time.perf_counter()
     try:
         shapes = warm_up_shapes(model, cfg, stream(), scan=20 if ctx.quick else 300)
-        g_kernel = first_batch_grads(model, cfg, first)
+        g_kernel = first_batch_grads(model, cfg, ref.first)
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as err:  # noqa: BLE001 - e.g. Triton cannot compile here (no C compiler, old driver)
         row.update(status="kernel failed", note=f"{label}, first forward/backward: {type(err).__name__}: {err}"[:400])
         return
     t_compile = time.perf_counter() - t_compile
-    rel, cos, only = grad_difference(g_eager, g_kernel)
-    del g_kernel, g_eager
+    rel, cos, only = grad_difference(ref.grads, g_kernel)
+    del g_kernel
     reset_peak(ctx)
     res = train_steps(model, cfg, stream(), n, n, deadline, warmup)
     fill_speed(ctx, row, res, spec.max_len)
@@ -477,21 +503,32 @@ def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict
         row["note"] += f"; x{row['tokens_per_s'] / eager[-1]['tokens_per_s']:.2f} eager tokens/s (part 2)"
 
 
+IMPLS = ("flashdeberta", "disentangled-flash")
+
+
 def part_kernels(ctx: Ctx, deadline: float) -> None:
-    runs = [(impl, spec) for spec in kernel_specs(ctx) for impl in ("flashdeberta", "disentangled-flash")]
+    specs = kernel_specs(ctx)
     unavailable: dict[str, str] = {}
-    for i, (impl, spec) in enumerate(runs):
-        if impl in unavailable:
-            ctx.add(**{**spec_row(ctx, "3", spec), "attention": impl, "status": "unavailable",
-                       "note": unavailable[impl]})
+    for i, spec in enumerate(specs):
+        ctx.log(f"part 3: eager reference for {spec.label}")
+        row = {**spec_row(ctx, "3", spec), "attention": "eager reference"}
+        ref = guarded(ctx, "3", f"eager reference for {spec.label}", functools.partial(eager_reference, ctx, spec),
+                      row)
+        if ref is None:
             continue
-        now = time.perf_counter()
-        ctx.log(f"part 3: {impl} on {spec.label}")
-        end = now + (deadline - now) / (len(runs) - i)
-        row = guarded(ctx, "3", f"{impl} on {spec.label}", functools.partial(kernel_run, ctx, impl, spec, end),
-                      {**spec_row(ctx, "3", spec), "attention": impl})
-        if row is not None and row["status"] in ("unavailable", "kernel failed"):
-            unavailable[impl] = f"as on {spec.model} {spec.max_len}: {row['note']}"
+        for j, impl in enumerate(IMPLS):
+            if impl in unavailable:
+                ctx.add(**{**spec_row(ctx, "3", spec), "attention": impl, "status": "unavailable",
+                           "note": unavailable[impl]})
+                continue
+            now = time.perf_counter()
+            left = (len(specs) - i) * len(IMPLS) - j  # kernel runs still to do, this one included
+            ctx.log(f"part 3: {impl} on {spec.label}")
+            row = guarded(ctx, "3", f"{impl} on {spec.label}",
+                          functools.partial(kernel_run, ctx, impl, spec, now + (deadline - now) / left, ref),
+                          {**spec_row(ctx, "3", spec), "attention": impl})
+            if row is not None and row["status"] in ("unavailable", "kernel failed"):
+                unavailable[impl] = f"as on {spec.model} {spec.max_len}: {row['note']}"
 
 
 def part_fp16(ctx: Ctx, deadline: float) -> None:

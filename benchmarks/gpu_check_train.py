@@ -23,15 +23,6 @@ from fb3stack.base.member import MemberConfig
 
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN_ESSAYS = 3911  # FB3 train.csv; a 5-fold epoch trains on 4/5 of them five times = 4 x 3911 essays
-# DeBERTa-v3 as on the hub (microsoft/deberta-v3-base/config.json); sizes per model below
-V3 = dict(vocab_size=128100, relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm",
-          share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
-          max_position_embeddings=512, max_relative_positions=-1, layer_norm_eps=1e-7, hidden_act="gelu",
-          pad_token_id=0, initializer_range=0.02)
-SIZES = {"deberta-v3-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                 intermediate_size=3072),
-         "deberta-v3-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                  intermediate_size=4096)}
 # --quick: same code, toy widths (head size 16 and 32) and MiniLM's vocabulary size (its ids are what the
 # essays are tokenized into), so a CPU step is not spent on a 128100-row embedding
 TINY = {"deberta-v3-base": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
@@ -140,11 +131,13 @@ def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray
 
     from fb3stack.base.transformer import attention
     from fb3stack.base.transformer.backbone import load_backbone, prepare_backbone
+    from fb3stack.base.transformer.known import KNOWN_CONFIGS
     from fb3stack.base.transformer.model import FB3Model
 
     source = folder / f"{spec.model}{'-tiny' if quick else ''}"
     if not (source / "config.json").is_file():
-        DebertaV2Config(**{**V3, **(TINY if quick else SIZES)[spec.model]}).save_pretrained(source)
+        hub = {k: v for k, v in KNOWN_CONFIGS[f"microsoft/{spec.model}"].items() if k != "model_type"}
+        DebertaV2Config(**{**hub, **(TINY[spec.model] if quick else {}), "pad_token_id": 0}).save_pretrained(source)
     cfg = member_config(spec, source, device, quick)
     torch.manual_seed(cfg.seed)
     # on a CPU the kernels cannot run; disentangled-flash's PyTorch backend makes the same swap at the same point
@@ -291,10 +284,13 @@ def warm_up_shapes(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[
 def grad_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, list[str]]:
     """(relative L2 difference, cosine, names with a gradient in only one of them)."""
     common = sorted(set(a) & set(b))
-    diff = sum(float((a[k] - b[k]).double().pow(2).sum()) for k in common)
-    na = sum(float(a[k].double().pow(2).sum()) for k in common)
-    nb = sum(float(b[k].double().pow(2).sum()) for k in common)
-    dot = sum(float((a[k].double() * b[k].double()).sum()) for k in common)
+    diff = na = nb = dot = 0.0
+    for k in common:  # one tensor at a time on b's device (a may wait on the CPU)
+        x, y = a[k].to(b[k].device).double(), b[k].double()
+        diff += float((x - y).pow(2).sum())
+        na += float(x.pow(2).sum())
+        nb += float(y.pow(2).sum())
+        dot += float((x * y).sum())
     rel = math.sqrt(diff / na) if na > 0 else float("nan")
     cos = dot / math.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
     return rel, cos, sorted(set(a) ^ set(b))

@@ -76,9 +76,6 @@ def test_a_changed_prepared_file_is_refused(prepared: Path, tmp_path: Path) -> N
 
 
 def test_cpu_quick_run_of_every_part(prepared: Path, tmp_path: Path) -> None:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from gpu_check_accuracy import backbone_dtype
-
     out = tmp_path / "out"
     proc = run_script(str(prepared), "--out", str(out), "--work", str(tmp_path / "work"), "--device", "cpu",
                       "--quick")
@@ -105,11 +102,7 @@ def test_cpu_quick_run_of_every_part(prepared: Path, tmp_path: Path) -> None:
     assert by_part["4"]["loss_first"].notna().all()
 
     p5, p6 = by_part["5"].iloc[0], by_part["6"].iloc[0]
-    if backbone_dtype(prepared / "minilm-fp16") == "float16":
-        # fb3stack loads an fp16 checkpoint as fp16 weights, and the fp32 head then fails on a CPU: the check
-        # reports it (fixed by fp32 master weights in load_backbone, #11)
-        assert p5["status"].startswith("error") and "float16" in p5["note"]
-        pytest.xfail("load_backbone keeps the fp16 checkpoint's fp16 weights (fp32 master weights: #11)")
+    assert "load_backbone dtype float32" in p5["note"]  # the fp16 checkpoint trains fp32 master weights
     assert p5["status"] == "ok", (p5["note"], log)
     assert 0.2 < p5["oof_mcrmse"] < 2.0 and p5["tokens_per_s"] > 0
     assert p6["status"] == "ok" and p6["tokens_per_s"] > 0, p6["note"]
