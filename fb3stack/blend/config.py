@@ -74,6 +74,9 @@ class BlendConfig:
     outer: OuterConfig = field(default_factory=OuterConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     meta_features: list[str] = field(default_factory=list)  # n_words, n_chars, n_paragraphs, n_sentences
+    # also score "choose the method by inner CV" as one blender by the outer CV (the `selected-by-inner-CV` row):
+    # the honest estimate of the chosen blend, since the best of many nested scores is itself optimistic
+    honest_selection: bool = True
     data_dir: str | None = None  # overridden by --data-dir and $FB3STACK_DATA
     train_file: str = "train.csv"
     source: str | None = None  # the YAML this was read from; set by load_blend_config

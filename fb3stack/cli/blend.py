@@ -6,7 +6,7 @@ import argparse
 
 from fb3stack.blend.config import load_blend_config
 from fb3stack.blend.run import run_blend
-from fb3stack.cli.common import log_to_workspace
+from fb3stack.cli.common import log_to_workspace, writing
 from fb3stack.workspace import Workspace
 
 
@@ -23,8 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_blend_config(args.config, args.overrides)
     ws = Workspace.at(args.workspace)
-    log_to_workspace(ws, "blend")
-    res = run_blend(cfg, ws.root, args.data_dir)
+    with writing(ws, "blend"):
+        log_to_workspace(ws, "blend")
+        res = run_blend(cfg, ws.root, args.data_dir)
     cols = ["name", "kind", "in_sample", "nested", "nested_std", "seconds"]
     print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
     print(f"chosen: {res.chosen}  ->  {res.blend_dir}")
