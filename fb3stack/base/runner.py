@@ -164,9 +164,7 @@ def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
     if model_dir.exists() and read_manifest(model_dir) is not None:
         reasons = stale_reasons(model_dir, **expected)
         if not reasons:
-            if (model_dir / "config.yaml").is_file() and read_yaml_dict(model_dir / "config.yaml") != to_dict(cfg):
-                # only execution-only settings differ: keep the models, record the settings to run them with
-                write_yaml(model_dir / "config.yaml", to_dict(cfg))
+            _record_execution_settings(cfg, model_dir)
             return model_dir
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         archive = prep.workspace.root / "models" / ".stale" / f"{cfg.name}-{stamp}"
@@ -177,6 +175,14 @@ def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
     write_yaml(model_dir / "config.yaml", to_dict(cfg))
     write_manifest(model_dir, **expected)
     return model_dir
+
+
+def _record_execution_settings(cfg: MemberConfig, model_dir: Path) -> None:
+    """Only execution-only settings differ from config.yaml (else the member would be stale): keep the models and
+    record the new settings, which prediction from this folder then runs with."""
+    path = model_dir / "config.yaml"
+    if dist.is_main() and path.is_file() and read_yaml_dict(path) != to_dict(cfg):
+        write_yaml(path, to_dict(cfg))
 
 
 def read_yaml_dict(path: Path) -> dict:
@@ -304,6 +310,7 @@ def member_is_complete(cfg: MemberConfig, prep: Prepared) -> bool:
             logger.warning("%s does not match the manifest (missing, truncated or altered); rebuilding it from "
                            "the folds", path)
             return False
+    _record_execution_settings(cfg, model_dir)
     return True
 
 

@@ -93,7 +93,7 @@ class BlendConfig:
 
 def load_blend_config(path: str | os.PathLike, overrides: list[str] | None = None) -> BlendConfig:
     raw = apply_overrides(load_yaml(path), overrides)
-    if "blend" in raw and "members" not in raw:  # a zoo YAML with an inline or referenced blend section
+    if "blend" in raw:  # a zoo YAML with an inline or referenced blend section (a blend YAML has no "blend" key)
         blend = raw["blend"]
         if isinstance(blend, str):
             return load_blend_config(Path(path).parent / blend, overrides)
