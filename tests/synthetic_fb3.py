@@ -34,12 +34,13 @@ def _misspell(word: str, rng: np.random.Generator) -> str:
 
 def essay(quality: float, rng: np.random.Generator) -> str:
     """One essay whose surface features follow `quality` (about -2 .. 2)."""
-    n_sent = int(np.clip(6 + 3 * quality + rng.normal(0, 1.5), 3, 16))
+    # real essays run 150-600 words; no essay here is shorter than about 60 words (past a 64-token max_len)
+    n_sent = int(np.clip(14 + 4 * quality + rng.normal(0, 2.5), 8, 36))
     p_adv = float(np.clip(0.15 + 0.12 * quality, 0.0, 0.6))
     p_typo = float(np.clip(0.08 - 0.04 * quality, 0.0, 0.2))
     sentences = []
     for _ in range(n_sent):
-        n = int(np.clip(rng.normal(10 + 2 * quality, 3), 4, 30))
+        n = int(np.clip(rng.normal(14 + 2 * quality, 4), 7, 35))
         words = [str(rng.choice(ADVANCED if rng.random() < p_adv else BASIC)) for _ in range(n)]
         words = [_misspell(w, rng) if rng.random() < p_typo else w for w in words]
         if rng.random() < 0.5 + 0.2 * quality and n > 8:

@@ -206,6 +206,8 @@ def check_fold(model_dir: Path, fold: int) -> bool:
     problems = verify_folder(target) if (target / "oof.parquet").is_file() else [f"{target} has no oof.parquet"]
     if not problems:
         return True
+    if not dist.is_main():  # the main process sets it aside; helpers just see it as not done
+        return False
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     grave = model_dir.parent / ".corrupt" / f"{model_dir.name}-{target.name}-{stamp}"
     grave.parent.mkdir(parents=True, exist_ok=True)
