@@ -3,8 +3,10 @@
 - `fb3_dir` / `train_df`: the real files from ../shared/data (or $FB3STACK_SHARED_DATA) when present; otherwise
   a small generated stand-in (tests/synthetic_fb3.py), so every test of mechanics (poolers, training loops,
   folds, blending, resume, integrity) still runs without the data instead of silently skipping.
-- `real_fb3_dir` / `real_train_df` / `extras_dir`: only the real data; tests about its statistics (3911
-  essays, the mean predictor's MCRMSE, the public OOFs) skip with a reason without it. CI (`.ci/run`) refuses to
+- `extras_dir`: the real extras (public OOFs, the public 4-fold split) or, with the generated stand-in, files of
+  the same names and format over the generated essays (for the blend-input and blend mechanics tests).
+- `real_fb3_dir` / `real_train_df`: only the real data; tests about its statistics (3911 essays, the mean
+  predictor's MCRMSE, fold balance) skip with a reason without it. CI (`.ci/run`) refuses to
   run at all without the real data, so it never passes on the generated stand-in alone.
 """
 
@@ -50,8 +52,12 @@ def fb3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def extras_dir() -> Path:
-    return _require(EXTRAS_DIR)
+def extras_dir(fb3_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if HAVE_REAL_DATA:
+        return _require(EXTRAS_DIR)
+    from synthetic_fb3 import make_extras_like
+
+    return make_extras_like(tmp_path_factory.mktemp("extras-generated"), fb3_dir)
 
 
 @pytest.fixture(scope="session")

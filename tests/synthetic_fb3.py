@@ -72,3 +72,27 @@ def make_fb3_like(folder: Path, n_train: int = 600, n_test: int = 3, seed: int =
     sample = pd.DataFrame({"text_id": test["text_id"], **{t: 3.0 for t in TARGETS}})
     sample.to_csv(folder / "sample_submission.csv", index=False)
     return folder
+
+
+PUBLIC_OOF_NAMES = ("deberta3b_s0", "deberta3b_s12", "deberta3b_s42", "debertav3l_s42_pl1", "robertal_s12",
+                    "robertal_s42_pl1", "longformerl_s12")
+
+
+def make_extras_like(folder: Path, fb3_folder: Path, seed: int = 1) -> Path:
+    """Stand-ins for ../shared/data/extras over the generated train.csv: a 4-fold split file and public-style
+    OOF files (text_id + six traits = truth + member-specific noise) under the public files' names."""
+    rng = np.random.default_rng(seed)
+    train = pd.read_csv(fb3_folder / "train.csv")
+    folder.mkdir(parents=True, exist_ok=True)
+    folds = pd.DataFrame({"text_id": train["text_id"], "fold": rng.permutation(np.arange(len(train)) % 4)})
+    folds.to_csv(folder / "folds_yomura_4fold_seed42_multilabelstrat.csv", index=False)
+    (folder / "oof_sunpnwt12").mkdir(exist_ok=True)
+    truth = train[list(TARGETS)].to_numpy()
+    shared = rng.normal(0, 0.35, truth.shape)  # members err alike, as real ones do
+    for name in PUBLIC_OOF_NAMES:
+        preds = 0.6 * truth + 0.4 * truth.mean(0) + shared + rng.normal(0, 0.2, truth.shape)
+        oof = pd.DataFrame(preds.astype(np.float32), columns=list(TARGETS))
+        oof.insert(0, "text_id", train["text_id"])
+        oof.sample(frac=1.0, random_state=int(rng.integers(1 << 30))).to_csv(
+            folder / "oof_sunpnwt12" / f"{name}_oof_df.csv", index=False)
+    return folder
