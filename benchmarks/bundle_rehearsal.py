@@ -72,9 +72,16 @@ def kaggle_venv(path: Path) -> list[str]:
     """A fresh venv with the Kaggle-image distributions linked in from this environment; returns their names."""
     subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
     site = next(path.glob("lib/python*/site-packages"))
+    # the venv's bundled setuptools is older than what an image with a recent torch has (torch needs >= 77)
+    old_tools = [*site.glob("setuptools*"), site / "pkg_resources", site / "_distutils_hack"]
+    for old in [*old_tools, site / "distutils-precedence.pth"]:
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
     names = []
-    for dist in closure(KAGGLE_IMAGE):
-        if _norm(dist.metadata["Name"]) in ("pip", "setuptools", "wheel"):
+    for dist in closure((*KAGGLE_IMAGE, "setuptools")):
+        if _norm(dist.metadata["Name"]) in ("pip", "wheel"):
             continue  # the venv has its own
         tops = {Path(str(f)).parts[0] for f in dist.files or [] if not str(f).startswith(("..", "/"))}
         for top in tops - {"bin", "__pycache__"}:
@@ -100,6 +107,33 @@ def small_workspace(root: Path, data_dir: Path) -> Path:
 def fb3(args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
     subprocess.run([sys.executable, "-m", "fb3stack", *args], check=True, env=env)
+
+
+def predict_offline(venv: Path, bundle: Path, work: Path, data_dir: Path, env: dict[str, str],
+                    reference: Path) -> dict[str, object]:
+    """`fb3stack predict --bundle` from the venv, in a folder outside the repo; compared with `reference`."""
+    row: dict[str, object] = {}
+    fresh = work / "kaggle-working"
+    fresh.mkdir()
+    shutil.copy(data_dir / "test.csv", fresh / "test.csv")
+    shutil.copy(data_dir / "sample_submission.csv", fresh / "sample_submission.csv")
+    t = time.perf_counter()
+    pred = subprocess.run([str(venv / "bin/fb3stack"), "predict", "--bundle", str(bundle), "--test", "test.csv",
+                           "--sample-submission", "sample_submission.csv", "--out", "submission.csv",
+                           "--cache", str(fresh / "cache")],
+                          capture_output=True, text=True, env=env, cwd=fresh)
+    row["predict_s"] = round(time.perf_counter() - t, 1)
+    row["predict_rc"] = pred.returncode
+    if pred.returncode != 0:
+        print(pred.stderr[-3000:], file=sys.stderr)
+    where = subprocess.run([str(venv / "bin/python"), "-c", "import fb3stack; print(fb3stack.__file__)"],
+                           capture_output=True, text=True, env=env, cwd=fresh)
+    row["fb3stack_imported_from"] = where.stdout.strip()
+    if pred.returncode == 0:
+        ours, ref = pd.read_csv(fresh / "submission.csv"), pd.read_csv(reference)
+        row["identical"] = bool(ours.equals(ref))
+        row["max_abs_diff"] = float((ours.drop(columns="text_id") - ref.drop(columns="text_id")).abs().max().max())
+    return row
 
 
 def main() -> int:
@@ -138,28 +172,8 @@ def main() -> int:
         row["pip_install_rc"] = install.returncode
         if install.returncode != 0:
             print(install.stdout[-3000:], install.stderr[-3000:], file=sys.stderr)
-        fresh = work / "kaggle-working"
-        fresh.mkdir()
-        shutil.copy(data_dir / "test.csv", fresh / "test.csv")
-        shutil.copy(data_dir / "sample_submission.csv", fresh / "sample_submission.csv")
-        t = time.perf_counter()
-        pred = subprocess.run([str(venv / "bin/fb3stack"), "predict", "--bundle", str(bundle), "--test", "test.csv",
-                               "--sample-submission", "sample_submission.csv", "--out", "submission.csv",
-                               "--cache", str(fresh / "cache")],
-                              capture_output=True, text=True, env=env, cwd=fresh)
-        row["predict_s"] = round(time.perf_counter() - t, 1)
-        row["predict_rc"] = pred.returncode
-        if pred.returncode != 0:
-            print(pred.stderr[-3000:], file=sys.stderr)
-        where = subprocess.run([str(venv / "bin/python"), "-c", "import fb3stack; print(fb3stack.__file__)"],
-                               capture_output=True, text=True, env=env, cwd=fresh)
-        row["fb3stack_imported_from"] = where.stdout.strip()
-        if pred.returncode == 0:
-            ours, ref = pd.read_csv(fresh / "submission.csv"), pd.read_csv(reference)
-            row["identical"] = bool(ours.equals(ref))
-            row["max_abs_diff"] = float((ours.drop(columns="text_id") - ref.drop(columns="text_id")).abs().max().max())
-        else:
-            row["identical"] = False
+        if install.returncode == 0:
+            row.update(predict_offline(venv, bundle, work, data_dir, env, reference))
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
