@@ -86,11 +86,19 @@ def expected_hashes(cfg: MemberConfig, prep: Prepared) -> dict[str, str]:
 def resolve_members(cfg: RunConfig) -> list[MemberConfig]:
     base = Path(cfg.source).parent if cfg.source else None
     members = []
-    for entry in cfg.members:
-        member = load_member_config(entry, base)
+    where = cfg.source or "config"
+    for i, entry in enumerate(cfg.members):
+        try:
+            member = load_member_config(entry, base)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: members[{i}]: {err}") from err
         extra = cfg.member_overrides.get("*", []) + cfg.member_overrides.get(member.name, [])
         if extra:
-            member = load_member_config({**to_dict(member)}, base, extra)
+            try:
+                member = load_member_config({**to_dict(member)}, base, extra)
+            except ConfigError as err:
+                sets = ", ".join(f"members.{member.name}.{o}" for o in extra)
+                raise ConfigError(f"--set {sets} (members[{i}], {member.name!r}): {err}") from err
         members.append(member)
     names = [m.name for m in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
