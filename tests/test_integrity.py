@@ -287,3 +287,27 @@ def test_two_concurrent_runs_one_refused_nothing_corrupted(base_run, fb3_dir, tm
 
     for name in ("tfidf-ridge", "features-lgbm"):
         SavedMember.load(ws / "models" / name).verify()  # every file matches its seal
+
+
+def test_lock_of_a_dead_or_reused_pid_is_taken_over_but_another_hosts_is_respected(tmp_path):
+    import json
+    import socket
+
+    from fb3stack.workspace import Workspace, WorkspaceBusyError, lock_holder, workspace_lock
+
+    ws = Workspace.at(tmp_path / "ws")
+    lock = ws.root / ".fb3stack.lock"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    for info in ({"pid": dead.pid, "host": socket.gethostname()},  # process gone
+                 {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": "1"}):  # pid reused since
+        lock.write_text(json.dumps({**info, "command": "run"}))
+        assert lock_holder(ws) is None
+        with workspace_lock(ws, "train"):
+            assert json.loads(lock.read_text())["pid"] == os.getpid()
+        assert not lock.exists()
+    lock.write_text(json.dumps({"pid": 1, "host": "another-host", "command": "run", "started_at": "t"}))
+    with pytest.raises(WorkspaceBusyError, match="another-host"):
+        with workspace_lock(ws, "train"):
+            pass
+    assert lock.exists()  # not ours to remove
