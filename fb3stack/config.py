@@ -183,6 +183,24 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def execution_only_fields(obj: Any) -> frozenset[str]:
+    """Field names a config class declares as execution-only (`execution_only` class attribute): settings such
+    as threads, device or eval batch size that change how fast or where something runs, never its result."""
+    return frozenset(getattr(type(obj), "execution_only", frozenset()))
+
+
+def result_dict(obj: Any) -> Any:
+    """`to_dict` without the execution-only fields, at every nesting level: what a result hash is made of."""
+    if dataclasses.is_dataclass(obj):
+        skip = execution_only_fields(obj)
+        return {f.name: result_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
+    if isinstance(obj, (list, tuple)):
+        return [result_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: result_dict(v) for k, v in obj.items()}
+    return obj
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The run-level config: data, folds, workspace and the list of zoo members.
 

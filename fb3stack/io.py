@@ -1,14 +1,17 @@
 """Atomic file writes and content hashes.
 
 Every artefact is written to a temporary file in the same folder and renamed into place, so a crash
-leaves either the old file or the new one, never half of one.
+leaves either the old file or the new one, never half of one. Hashes catch what renames cannot: a file
+truncated or changed afterwards (a full disk, a bad copy, a hand edit) is detected, not loaded.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -19,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
+logger = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -103,6 +108,52 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_stamped(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(path)
+
+
+def sha256_file_cached(path: str | os.PathLike) -> str:
+    """sha256_file memoised on (path, size, mtime, inode): a multi-GB checkpoint is hashed once per process
+    unless it changes. Any rewrite changes the stamp, so a changed file is always hashed again."""
+    st = os.stat(path)
+    return _sha256_stamped(str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def _arrays_digest(arrays: dict[str, np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save_npz_checked(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """Arrays plus their own sha256 in one atomically written .npz: a reader can tell a damaged store."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays, _sha256=np.array(_arrays_digest(arrays)))
+
+
+def load_npz_checked(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """The arrays of a `save_npz_checked` file; None (with a warning) when it is missing, truncated or altered,
+    so the caller recomputes instead of using damaged values."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # noqa: BLE001 - a damaged zip/npy raises many kinds of errors
+        logger.warning("%s is damaged (%s: %s); it will be rebuilt", path, type(err).__name__, err)
+        return None
+    stored = arrays.pop("_sha256", None)
+    if stored is None or str(stored) != _arrays_digest(arrays):
+        logger.warning("%s does not match its checksum; it will be rebuilt", path)
+        return None
+    return arrays
 
 
 def sha256_json(obj: Any) -> str:

@@ -11,13 +11,23 @@
 
 Each artefact folder carries a manifest with the hashes of the data, folds and config it was made from;
 `stale_reasons` compares them with the current ones so an out-of-date artefact is detected, not used.
+Finished folders (a member's fold, a blend) are also *sealed*: `files.json` lists the sha256 of every file
+in them, so a truncated or altered file is detected before it is loaded (`verify_folder`), and
+`folder_digest` gives one hash of what prediction reads from the folder. Writing commands hold the
+workspace lock (`workspace_lock`), so two of them never write into one workspace at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
+import json
 import logging
 import os
+import socket
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,15 +38,28 @@ from fb3stack.constants import FOLD_COL, ID_COL
 from fb3stack.data import DataError, load_train, resolve_data_dir, subsample
 from fb3stack.data import fingerprint as data_fingerprint
 from fb3stack.folds import make_folds, read_folds
-from fb3stack.io import read_json, sha256_file, write_csv, write_json
+from fb3stack.io import read_json, sha256_file, sha256_file_cached, sha256_json, write_csv, write_json
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+SEAL = "files.json"
+LOCK = ".fb3stack.lock"
+# OOF-only files that prediction never reads: a bundle leaves them out, and they are not part of a fold's
+# prediction digest (their hashes are still checked wherever they are present)
+PREDICT_UNUSED = frozenset({"embeddings.npy"})
 
 
 class StaleArtefactError(RuntimeError):
     """An artefact was made from other data, folds or settings than the current run."""
+
+
+class CorruptArtefactError(RuntimeError):
+    """An artefact's files do not match the hashes recorded when it was written (truncated, altered, missing)."""
+
+
+class WorkspaceBusyError(RuntimeError):
+    """Another fb3stack command is writing to this workspace."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +102,7 @@ class Workspace:
         return sorted(p.name for p in models.iterdir() if (p / "oof.parquet").exists()) if models.is_dir() else []
 
 
-def write_manifest(folder: str | os.PathLike, **hashes: str) -> None:
+def write_manifest(folder: str | os.PathLike, **hashes: object) -> None:
     from fb3stack import __version__
 
     write_json(
@@ -91,6 +114,58 @@ def write_manifest(folder: str | os.PathLike, **hashes: str) -> None:
 def read_manifest(folder: str | os.PathLike) -> dict | None:
     path = Path(folder) / MANIFEST
     return read_json(path) if path.is_file() else None
+
+
+def update_manifest(folder: str | os.PathLike, **fields: object) -> None:
+    """Add fields to an existing manifest (atomically), e.g. a member's content hash once it is complete."""
+    manifest = read_manifest(folder) or {}
+    write_json(Path(folder) / MANIFEST, {**manifest, **fields})
+
+
+def seal_folder(folder: str | os.PathLike) -> dict[str, dict]:
+    """Write `files.json`: sha256 and size of every file under `folder` (relative paths, sorted)."""
+    folder = Path(folder)
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel == SEAL or path.name.endswith(".tmp"):
+            continue
+        files[rel] = {"sha256": sha256_file_cached(path), "size": path.stat().st_size}
+    write_json(folder / SEAL, {"files": files})
+    return files
+
+
+def verify_folder(folder: str | os.PathLike, may_be_absent: frozenset[str] = frozenset()) -> list[str]:
+    """Empty when every file `files.json` lists is there with its recorded size and sha256; else the problems.
+
+    Files named in `may_be_absent` may be missing (a bundle leaves OOF-only files out), never different.
+    """
+    folder = Path(folder)
+    if not (folder / SEAL).is_file():
+        return [f"{folder} has no {SEAL} (unfinished, or written by an older fb3stack)"]
+    try:
+        files = read_json(folder / SEAL)["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return [f"{folder / SEAL} is unreadable ({err})"]
+    problems = []
+    for rel, rec in files.items():
+        path = folder / rel
+        if not path.is_file():
+            if Path(rel).name not in may_be_absent:
+                problems.append(f"{path} is missing")
+            continue
+        size = path.stat().st_size
+        if size != rec["size"]:
+            problems.append(f"{path} has {size} bytes, {rec['size']} were written (truncated or replaced)")
+        elif sha256_file_cached(path) != rec["sha256"]:
+            problems.append(f"{path} does not match its recorded sha256 (altered)")
+    return problems
+
+
+def folder_digest(folder: str | os.PathLike) -> str:
+    """One hash of the sealed files prediction reads (OOF-only files left out): equal digests, equal models."""
+    files = read_json(Path(folder) / SEAL)["files"]
+    return sha256_json({rel: rec["sha256"] for rel, rec in files.items() if Path(rel).name not in PREDICT_UNUSED})
 
 
 def stale_reasons(folder: str | os.PathLike, **expected: str) -> list[str]:
@@ -166,9 +241,12 @@ def ensure_folds(ws: Workspace, train: pd.DataFrame, cfg: FoldsConfig, force: bo
 
 
 def prepare(cfg: RunConfig, data_dir: str | os.PathLike | None = None, workspace: str | os.PathLike | None = None,
-            force_folds: bool = False) -> Prepared:
-    """Check the data and make or load the folds: the first step of every command that trains or blends."""
-    root, train = load_training_data(cfg.data, data_dir)
+            force_folds: bool = False, loaded: tuple[Path, pd.DataFrame] | None = None) -> Prepared:
+    """Check the data and make or load the folds: the first step of every command that trains or blends.
+
+    `loaded` is (data folder, training rows) from `load_training_data` when the caller validated them already.
+    """
+    root, train = loaded if loaded is not None else load_training_data(cfg.data, data_dir)
     ws = Workspace.at(workspace or cfg.workspace)
     folds = ensure_folds(ws, train, cfg.folds, force=force_folds)
     merged = train.merge(folds, on=ID_COL, how="left", validate="one_to_one")
@@ -176,3 +254,114 @@ def prepare(cfg: RunConfig, data_dir: str | os.PathLike | None = None, workspace
         raise DataError("some training ids have no fold", file=ws.folds_path, column=FOLD_COL)
     merged[FOLD_COL] = merged[FOLD_COL].astype(int)
     return Prepared(ws, root, merged, data_fingerprint(train), sha256_file(ws.folds_path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One writer per workspace.
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of a process in clock ticks since boot (Linux), to tell a live holder from a reused pid."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as err:
+        return err.errno == errno.EPERM  # exists, owned by someone else
+    return True
+
+
+def lock_holder(ws: Workspace) -> dict | None:
+    """Who holds the workspace lock (pid, host, command, started_at), or None when it is free or stale."""
+    path = ws.root / LOCK
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and _holder_alive(info) else None
+
+
+@contextlib.contextmanager
+def workspace_lock(ws: Workspace, command: str) -> Iterator[Path]:
+    """Hold `<workspace>/.fb3stack.lock` while a command writes to the workspace; refuse if another holds it.
+
+    The file records pid, host, command and start time. It is taken with O_EXCL, so two commands starting
+    together cannot both get it; one whose process has died (same host: the pid is gone or reused) is taken
+    over, so a killed run never leaves the workspace stuck. A lock from another host cannot be checked and
+    is respected until removed by hand. Read-only commands do not take it.
+    """
+    path = ws.root / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "argv": sys.argv,
+          "started_at": dt.datetime.now(dt.timezone.utc).isoformat(), "proc_start": _process_start(os.getpid())}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = lock_holder(ws)
+            if holder is None:
+                _break_stale(path)
+                continue
+            if int(holder["pid"]) == os.getpid() and holder.get("host") == me["host"]:
+                yield path  # re-entrant within one process (e.g. `run` calling the blend step)
+                return
+            raise WorkspaceBusyError(
+                f"{ws.root} is in use by `fb3stack {holder.get('command')}` (pid {holder.get('pid')} on "
+                f"{holder.get('host')}, since {holder.get('started_at')}). Wait for it to finish; read-only "
+                f"commands (check-data, predict --bundle, status, report) still work. If no such process is "
+                f"running, delete {path}."
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        break
+    else:
+        raise WorkspaceBusyError(f"could not take the lock {path}; another command keeps taking it")
+    try:
+        yield path
+    finally:
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def _break_stale(path: Path) -> None:
+    """Remove a stale lock by renaming it first: of two processes breaking it at once only one rename wins,
+    so the loser cannot delete the winner's fresh lock."""
+    grave = path.with_name(f"{path.name}.stale.{os.getpid()}")
+    try:
+        os.rename(path, grave)
+    except FileNotFoundError:
+        return
+    try:
+        info = json.loads(grave.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    if _holder_alive(info):
+        # between our check and the rename a live process took the lock: give it back
+        try:
+            os.link(grave, path)
+        except FileExistsError:
+            pass
+    else:
+        logger.warning("took over the workspace lock of `fb3stack %s` (pid %s on %s), whose process is gone",
+                       info.get("command"), info.get("pid"), info.get("host"))
+    grave.unlink(missing_ok=True)
+
+
+def _holder_alive(info: dict) -> bool:
+    """True unless the holder provably died: on this host its pid is gone or now names another process
+    (killed, even with SIGKILL); a holder on another host cannot be checked and counts as alive."""
+    if not info.get("pid"):
+        return False
+    if info.get("host") != socket.gethostname():
+        return True
+    pid = int(info["pid"])
+    return _pid_alive(pid) and (not info.get("proc_start") or _process_start(pid) == info["proc_start"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,11 @@ def test_blend_over_workspace_members(tmp_path, zoo, fb3_dir, train_df, capsys):
     for f in ("config.yaml", "spec.json", "blender.joblib", "oof.parquet", "table.csv", "table.md", "manifest.json"):
         assert (out / f).is_file(), f
     table = pd.read_csv(out / "table.csv").set_index("name")
-    assert set(table.index) == {*names, *(m["name"] for m in METHODS)}
+    assert set(table.index) == {*names, *(m["name"] for m in METHODS), "selected-by-inner-CV"}
+    # the honest headline: choosing among the methods, scored by the outer CV, is reported and named as such
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["honest_mcrmse"] == pytest.approx(table.loc["selected-by-inner-CV", "nested"])
+    assert "Honest estimate" in (out / "table.md").read_text()
     oof = pd.read_parquet(out / "oof.parquet")
     assert list(oof[ID_COL]) == list(train_df[ID_COL])
     assert oof[FOLD_COL].nunique() == 4  # the members' own folds were the outer folds

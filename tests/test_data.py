@@ -23,10 +23,10 @@ def write(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def test_real_train_loads(train_df):
-    assert len(train_df) == 3911
-    assert list(train_df.columns) == ["text_id", "full_text", *TARGETS]
-    assert train_df[list(TARGETS)].dtypes.eq(float).all()
+def test_real_train_loads(real_train_df):
+    assert len(real_train_df) == 3911
+    assert list(real_train_df.columns) == ["text_id", "full_text", *TARGETS]
+    assert real_train_df[list(TARGETS)].dtypes.eq(float).all()
 
 
 def test_missing_column(small, tmp_path):
@@ -118,7 +118,8 @@ def test_cli_bad_data_writes_nothing(small, tmp_path, capsys):
     assert not (ws / "folds.csv").exists() and not (ws / "folds.json").exists()
 
 
-def test_cli_check_data_and_folds_on_real_data(fb3_dir, tmp_path, capsys):
+def test_cli_check_data_and_folds_on_real_data(real_fb3_dir, tmp_path, capsys):
+    fb3_dir = real_fb3_dir
     assert main(["check-data", "--data-dir", str(fb3_dir)]) == 0
     assert "3911 essays, OK" in capsys.readouterr().out
     ws = tmp_path / "ws"

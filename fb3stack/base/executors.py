@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fb3stack import dist
 from fb3stack.base.member import MemberConfig
-from fb3stack.base.runner import begin_member, finalize_member, fold_done, member_is_complete, train_fold
+from fb3stack.base.runner import begin_member, check_fold, finalize_member, fold_done, member_is_complete, train_fold
 from fb3stack.io import read_json
 from fb3stack.progress import progress
 from fb3stack.workspace import Prepared
@@ -33,7 +33,7 @@ def pending_jobs(members: Sequence[MemberConfig], prep: Prepared, folds: Sequenc
             logger.info("%s: up to date, skipped", m.name)
             continue
         model_dir = begin_member(m, prep)  # serially here, so parallel jobs never race on archiving
-        jobs += [(m, k) for k in (folds if folds is not None else range(prep.n_folds)) if not fold_done(model_dir, k)]
+        jobs += [(m, k) for k in (folds if folds is not None else range(prep.n_folds)) if not check_fold(model_dir, k)]
     return jobs
 
 

@@ -22,6 +22,14 @@ from fb3stack.workspace import Workspace
 class MemberConfig:
     """Fields every member config has; each member kind subclasses this with its own settings."""
 
+    # Settings that change how fast or where a member runs, never what it learns. They are left out of the
+    # member's config hash, so a zoo trained on 2 cores is not retrained on 16. A kind with more such settings
+    # extends the set: `execution_only = MemberConfig.execution_only | {"batch_size"}`.
+    execution_only: ClassVar[frozenset[str]] = frozenset({
+        "num_threads", "device", "eval_batch_size", "log_every", "optimizer_impl", "num_workers",
+        "dataloader_workers", "progress",
+    })
+
     name: str
     kind: str
     seed: int = 42

@@ -1,15 +1,22 @@
 """Train zoo members fold by fold on the shared folds, resumably, and write the OOF contract.
 
     models/<name>/config.yaml        the resolved member config
-    models/<name>/manifest.json      data, folds and config hashes the member was made from
-    models/<name>/fold<k>/           what `predict_fold` needs + oof.parquet of that fold (+ embeddings.npy)
+    models/<name>/manifest.json      data, folds and config hashes the member was made from; once complete also
+                                     its content_hash (config hash + every fold's digest) and oof.parquet's sha256
+    models/<name>/fold<k>/           what `predict_fold` needs + oof.parquet of that fold (+ embeddings.npy),
+                                     sealed by files.json (sha256 of every file)
     models/<name>/oof.parquet        text_id, fold, six traits: one row per training essay
     models/<name>/metrics.json       overall and per-fold MCRMSE and per-trait RMSE
     models/<name>/embeddings.npy     pooled features of the OOF rows (row order: embeddings_ids.csv)
 
 A fold folder is built under a temporary name and renamed when complete, so its presence means "done":
-a killed run resumes at the first missing fold and never retrains a finished one. `train_fold` and
+a killed run resumes at the first missing fold and never retrains a finished one. A fold whose files no
+longer match their seal (truncated, altered) is moved to models/.corrupt/ and trained again, and a member's
+oof.parquet that no longer matches its manifest is rebuilt from the folds. `train_fold` and
 `finalize_member` are separate so an executor can run (member, fold) jobs anywhere in parallel.
+
+The config hash covers only result-relevant settings (`fb3stack.config.result_dict`): the execution-only
+fields a config class declares (threads, device, eval batch size ...) never make a member stale.
 """
 
 from __future__ import annotations
@@ -28,11 +35,32 @@ import pandas as pd
 from fb3stack import dist
 from fb3stack.base.member import Member, MemberConfig
 from fb3stack.base.registry import load_member_config, member_class
-from fb3stack.config import RunConfig, to_dict
+from fb3stack.config import ConfigError, RunConfig, result_dict, to_dict
 from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
-from fb3stack.io import atomic_dir, read_json, save_npy, sha256_json, write_csv, write_json, write_parquet, write_yaml
+from fb3stack.io import (
+    atomic_dir,
+    read_json,
+    save_npy,
+    sha256_file_cached,
+    sha256_json,
+    write_csv,
+    write_json,
+    write_parquet,
+    write_yaml,
+)
 from fb3stack.metrics import score_report
-from fb3stack.workspace import Prepared, read_manifest, stale_reasons, write_manifest
+from fb3stack.workspace import (
+    PREDICT_UNUSED,
+    CorruptArtefactError,
+    Prepared,
+    folder_digest,
+    read_manifest,
+    seal_folder,
+    stale_reasons,
+    update_manifest,
+    verify_folder,
+    write_manifest,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +70,13 @@ def fold_dir(model_dir: Path, fold: int) -> Path:
 
 
 def config_hash(cfg: MemberConfig) -> str:
-    return sha256_json(to_dict(cfg))
+    """Hash of the settings that change what the member learns (execution-only fields left out)."""
+    return sha256_json(result_dict(cfg))
+
+
+def content_hash(cfg_hash: str, fold_digests: list[str]) -> str:
+    """What a member's predictions depend on: its result-relevant config and the files of every fold model."""
+    return sha256_json({"config_hash": cfg_hash, "folds": fold_digests})
 
 
 def expected_hashes(cfg: MemberConfig, prep: Prepared) -> dict[str, str]:
@@ -52,20 +86,71 @@ def expected_hashes(cfg: MemberConfig, prep: Prepared) -> dict[str, str]:
 def resolve_members(cfg: RunConfig) -> list[MemberConfig]:
     base = Path(cfg.source).parent if cfg.source else None
     members = []
-    for entry in cfg.members:
-        member = load_member_config(entry, base)
+    where = cfg.source or "config"
+    for i, entry in enumerate(cfg.members):
+        try:
+            member = load_member_config(entry, base)
+        except ConfigError as err:
+            raise ConfigError(f"{where}: members[{i}]: {err}") from err
         extra = cfg.member_overrides.get("*", []) + cfg.member_overrides.get(member.name, [])
         if extra:
-            member = load_member_config({**to_dict(member)}, base, extra)
+            try:
+                member = load_member_config({**to_dict(member)}, base, extra)
+            except ConfigError as err:
+                sets = ", ".join(f"members.{member.name}.{o}" for o in extra)
+                raise ConfigError(f"--set {sets} (members[{i}], {member.name!r}): {err}") from err
         members.append(member)
     names = [m.name for m in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ValueError(f"member names must be unique, repeated: {dupes}")
+        raise ConfigError(f"{cfg.source or 'config'}: member names must be unique, repeated: {dupes}")
     unknown = set(cfg.member_overrides) - set(names) - {"*"}
     if unknown:
-        raise ValueError(f"--set members.<name>... names unknown member(s) {sorted(unknown)}; members: {names}")
+        raise ConfigError(f"--set members.<name>... names unknown member(s) {sorted(unknown)}; members: {names}")
     return members
+
+
+BACKBONE_FIELDS = ("backbone", "backbones")  # config fields naming model folders (a path, pkg: spec or hub name)
+
+
+def check_backbones(members: list[MemberConfig]) -> None:
+    """Every backbone a member names must be loadable here: a local model folder, a `pkg:` folder, or a hub
+    name already in the local cache (or downloadable: only when HF_HUB_OFFLINE is not set). Checked before
+    training, so a typo costs seconds, not the hours of the members before it."""
+    import os
+
+    from fb3stack.base.backbones import resolve_backbone_path
+
+    for m in members:
+        for field_name in BACKBONE_FIELDS:
+            value = getattr(m, field_name, None)
+            specs = [value] if isinstance(value, str) else list(value or [])
+            for i, spec in enumerate(specs):
+                key = f"members.{m.name}.{field_name}" + (f"[{i}]" if isinstance(value, list) else "")
+                looks_local = spec.startswith(("pkg:", "/", ".", "~")) or Path(spec).expanduser().exists()
+                if looks_local:
+                    try:
+                        resolve_backbone_path(spec)
+                    except FileNotFoundError as err:
+                        raise ConfigError(f"{key}: {err}") from err
+                    continue
+                if _in_hub_cache(spec):
+                    continue
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+                    raise ConfigError(f"{key}: {spec!r} is neither a local model folder nor in the Hugging Face "
+                                      "cache, and HF_HUB_OFFLINE is set; point it at a local copy")
+                logger.warning("%s: %r is not cached locally; it will be downloaded from the hub", key, spec)
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
+        return False
 
 
 def build_member(cfg: MemberConfig, prep: Prepared | None = None) -> Member:
@@ -87,6 +172,7 @@ def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
     if model_dir.exists() and read_manifest(model_dir) is not None:
         reasons = stale_reasons(model_dir, **expected)
         if not reasons:
+            _record_execution_settings(cfg, model_dir)
             return model_dir
         stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         archive = prep.workspace.root / "models" / ".stale" / f"{cfg.name}-{stamp}"
@@ -99,8 +185,44 @@ def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
     return model_dir
 
 
+def _record_execution_settings(cfg: MemberConfig, model_dir: Path) -> None:
+    """Only execution-only settings differ from config.yaml (else the member would be stale): keep the models and
+    record the new settings, which prediction from this folder then runs with."""
+    path = model_dir / "config.yaml"
+    if dist.is_main() and path.is_file() and read_yaml_dict(path) != to_dict(cfg):
+        write_yaml(path, to_dict(cfg))
+
+
+def read_yaml_dict(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
 def fold_done(model_dir: Path, fold: int) -> bool:
-    return (fold_dir(model_dir, fold) / "oof.parquet").is_file()
+    """A fold folder exists only once complete (atomic rename); its seal says so too."""
+    target = fold_dir(model_dir, fold)
+    return (target / "oof.parquet").is_file() and (target / "files.json").is_file()
+
+
+def check_fold(model_dir: Path, fold: int) -> bool:
+    """True when the fold is done and its files match their seal; a damaged fold is moved to models/.corrupt/
+    (kept for inspection, never loaded) so that it is trained again."""
+    target = fold_dir(model_dir, fold)
+    if not target.exists():
+        return False
+    problems = verify_folder(target) if (target / "oof.parquet").is_file() else [f"{target} has no oof.parquet"]
+    if not problems:
+        return True
+    if not dist.is_main():  # the main process sets it aside; helpers just see it as not done
+        return False
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    grave = model_dir.parent / ".corrupt" / f"{model_dir.name}-{target.name}-{stamp}"
+    grave.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("%s fold %d is damaged (%s); moved to %s and training it again", model_dir.name, fold,
+                   "; ".join(problems[:3]), grave)
+    shutil.move(str(target), str(grave))
+    return False
 
 
 def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | None = None) -> Path:
@@ -147,7 +269,8 @@ def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | No
         report = score_report(valid[list(TARGETS)].to_numpy(), preds)
         report.update(fold=fold, seconds=round(time.perf_counter() - t0, 2), **(result.info or {}))
         write_json(tmp / "metrics.json", report)
-        write_parquet(tmp / "oof.parquet", oof)  # written last: marks the fold as complete
+        write_parquet(tmp / "oof.parquet", oof)
+        seal_folder(tmp)  # sha256 of every file, checked before anything in the fold is loaded again
     dist.barrier()
     logger.info("%s fold %d: MCRMSE %.4f (%.0f s)", cfg.name, fold, report["mcrmse"], report["seconds"])
     return target
@@ -182,13 +305,36 @@ def finalize_member(cfg: MemberConfig, prep: Prepared) -> dict:
         write_csv(model_dir / "embeddings_ids.csv", oof[[ID_COL]])
     write_parquet(model_dir / "oof.parquet", oof)
     write_json(model_dir / "metrics.json", metrics)
+    digests = [folder_digest(fold_dir(model_dir, k)) for k in range(prep.n_folds)]
+    # written last: a member is complete once its manifest has the content hash of exactly these files
+    update_manifest(model_dir, content_hash=content_hash(config_hash(cfg), digests), fold_digests=digests,
+                    oof_sha256=sha256_file_cached(model_dir / "oof.parquet"),
+                    metrics_sha256=sha256_file_cached(model_dir / "metrics.json"))
     logger.info("%s: OOF MCRMSE %.4f over %d essays", cfg.name, metrics["mcrmse"], len(oof))
     return metrics
 
 
 def member_is_complete(cfg: MemberConfig, prep: Prepared) -> bool:
+    """Up to date (same data, folds, result-relevant config), every fold intact, and oof.parquet, metrics.json
+    and the content hash made from exactly those folds. Damaged folds are set aside here to be retrained."""
     model_dir = prep.workspace.model_dir(cfg.name)
-    return (model_dir / "metrics.json").is_file() and not stale_reasons(model_dir, **expected_hashes(cfg, prep))
+    manifest = read_manifest(model_dir)
+    if manifest is None or stale_reasons(model_dir, **expected_hashes(cfg, prep)):
+        return False
+    folds_ok = [check_fold(model_dir, k) for k in range(prep.n_folds)]
+    if not all(folds_ok) or "content_hash" not in manifest:
+        return False
+    digests = [folder_digest(fold_dir(model_dir, k)) for k in range(prep.n_folds)]
+    if manifest.get("fold_digests") != digests:
+        return False
+    for name in ("oof", "metrics"):
+        path = model_dir / f"{name}.{'parquet' if name == 'oof' else 'json'}"
+        if not path.is_file() or sha256_file_cached(path) != manifest.get(f"{name}_sha256"):
+            logger.warning("%s does not match the manifest (missing, truncated or altered); rebuilding it from "
+                           "the folds", path)
+            return False
+    _record_execution_settings(cfg, model_dir)
+    return True
 
 
 def train_member(cfg: MemberConfig, prep: Prepared, folds: list[int] | None = None) -> dict:
@@ -197,7 +343,9 @@ def train_member(cfg: MemberConfig, prep: Prepared, folds: list[int] | None = No
         logger.info("%s: up to date, skipped", cfg.name)
         return read_json(prep.workspace.model_dir(cfg.name) / "metrics.json")
     member = build_member(cfg, prep)
+    model_dir = begin_member(cfg, prep)
     for k in folds if folds is not None else range(prep.n_folds):
+        check_fold(model_dir, k)
         train_fold(cfg, prep, k, member)
     if all(fold_done(prep.workspace.model_dir(cfg.name), k) for k in range(prep.n_folds)):
         return finalize_member(cfg, prep)
@@ -219,11 +367,37 @@ class SavedMember:
 
     @property
     def fold_dirs(self) -> list[Path]:
+        n_folds = len((read_manifest(self.model_dir) or {}).get("fold_digests") or [])
+        if n_folds:  # exactly the folds the content hash covers
+            return [fold_dir(self.model_dir, k) for k in range(n_folds)]
         dirs = sorted(self.model_dir.glob("fold[0-9]*"), key=lambda p: int(p.name[4:]))
         dirs = [d for d in dirs if d.is_dir() and (d / "oof.parquet").is_file()]
         if not dirs:
             raise FileNotFoundError(f"{self.model_dir}: no trained folds")
         return dirs
+
+    def verify(self) -> str:
+        """Check every fold's files against its seal and the member's recorded content hash; return the hash.
+
+        Raises CorruptArtefactError naming the file when anything prediction would load is missing, truncated
+        or altered, or when the member was never completed (no content hash): such a member is never loaded.
+        """
+        manifest = read_manifest(self.model_dir) or {}
+        recorded = manifest.get("content_hash")
+        if not recorded:
+            raise CorruptArtefactError(f"{self.model_dir}: the member is not complete (no content_hash in its "
+                                       "manifest); finish training it (fb3stack train / run)")
+        n_folds = len(manifest.get("fold_digests") or [])
+        dirs = [fold_dir(self.model_dir, k) for k in range(n_folds)]
+        problems = [p for d in dirs for p in verify_folder(d, may_be_absent=PREDICT_UNUSED)]
+        if problems:
+            raise CorruptArtefactError(f"{self.model_dir.name}: damaged model files, not loaded: "
+                                       + "; ".join(problems[:5]) + ". Retrain it (fb3stack train / run).")
+        actual = content_hash(config_hash(self.config), [folder_digest(d) for d in dirs])
+        if actual != recorded:
+            raise CorruptArtefactError(f"{self.model_dir}: its config or fold models do not match the content hash "
+                                       f"recorded when it was trained ({recorded[:12]} vs {actual[:12]})")
+        return recorded
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Mean over the fold models of (n, 6) predictions for `df` (text_id, full_text)."""

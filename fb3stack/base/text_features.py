@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fb3stack.io import atomic_path
+from fb3stack.io import load_npz_checked, save_npz_checked
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +131,9 @@ def text_features(texts: list[str], cache_dir: str | os.PathLike | None = None) 
         return compute_features(list(texts))
     store = Path(cache_dir) / f"v{FEATURE_VERSION}"
     keys = np.array([hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts])
-    if (store / STORE_FILE).is_file():
-        with np.load(store / STORE_FILE) as z:
-            known_keys, known, columns = z["keys"], z["values"], z["columns"].tolist()
+    z = load_npz_checked(store / STORE_FILE)  # None when absent or damaged: recomputed, never half-used
+    if z is not None:
+        known_keys, known, columns = z["keys"], z["values"], z["columns"].tolist()
     else:
         known_keys, known, columns = np.array([], dtype=keys.dtype), None, None
     index = {k: i for i, k in enumerate(known_keys)}
@@ -146,7 +146,6 @@ def text_features(texts: list[str], cache_dir: str | os.PathLike | None = None) 
         known_keys = np.concatenate([known_keys, np.array(missing)])
         index = {k: i for i, k in enumerate(known_keys)}
         # one atomically replaced file, so parallel fold jobs never leave keys and rows out of step
-        with atomic_path(store / STORE_FILE) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, keys=known_keys, values=known, columns=np.array(columns))
+        save_npz_checked(store / STORE_FILE, keys=known_keys, values=known, columns=np.array(columns))
         logger.info("computed text features for %d new texts; %d cached", len(missing), len(keys) - len(missing))
     return pd.DataFrame(known[[index[k] for k in keys]], columns=columns)

@@ -74,6 +74,9 @@ class BlendConfig:
     outer: OuterConfig = field(default_factory=OuterConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     meta_features: list[str] = field(default_factory=list)  # n_words, n_chars, n_paragraphs, n_sentences
+    # also score "choose the method by inner CV" as one blender by the outer CV (the `selected-by-inner-CV` row):
+    # the honest estimate of the chosen blend, since the best of many nested scores is itself optimistic
+    honest_selection: bool = True
     data_dir: str | None = None  # overridden by --data-dir and $FB3STACK_DATA
     train_file: str = "train.csv"
     source: str | None = None  # the YAML this was read from; set by load_blend_config
@@ -90,7 +93,7 @@ class BlendConfig:
 
 def load_blend_config(path: str | os.PathLike, overrides: list[str] | None = None) -> BlendConfig:
     raw = apply_overrides(load_yaml(path), overrides)
-    if "blend" in raw and "members" not in raw:  # a zoo YAML with an inline or referenced blend section
+    if "blend" in raw:  # a zoo YAML with an inline or referenced blend section (a blend YAML has no "blend" key)
         blend = raw["blend"]
         if isinstance(blend, str):
             return load_blend_config(Path(path).parent / blend, overrides)

@@ -18,8 +18,8 @@ import pandas as pd
 
 from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
 from fb3stack.data import DataError
-from fb3stack.io import sha256_file
-from fb3stack.workspace import Workspace
+from fb3stack.io import sha256_file, sha256_file_cached
+from fb3stack.workspace import Workspace, read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Member:
     folds: np.ndarray | None  # (n,) fold of each row when the file has a fold column
     external: bool  # True for an OOF file outside the workspace: it can be scored but cannot predict new essays
     sha256: str
+    content_hash: str | None = None  # a workspace member's content hash (config + fold models) from its manifest
 
 
 def read_oof(path: str | Path) -> pd.DataFrame:
@@ -90,8 +91,10 @@ def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFram
 def load_member(spec: str, label_ids: pd.Series, ws: Workspace | None, base_dir: Path | None = None) -> Member:
     """`spec` is a workspace member name (models/<spec>/oof.parquet) or a path to an OOF file."""
     model_dir = ws.model_dir(spec) if ws is not None else None
+    content = None
     if model_dir is not None and (model_dir / OOF_FILE).is_file():
         path, name, external = model_dir / OOF_FILE, spec, False
+        content = _checked_workspace_oof(model_dir)
     else:
         path = Path(spec)
         if not path.is_absolute() and base_dir is not None and not path.exists():
@@ -106,7 +109,26 @@ def load_member(spec: str, label_ids: pd.Series, ws: Workspace | None, base_dir:
     df = check_oof(read_oof(path), path, label_ids).set_index(ID_COL).loc[label_ids.to_numpy()]
     preds = df[list(TARGETS)].to_numpy(dtype=np.float64)
     folds = df[FOLD_COL].to_numpy().astype(int) if FOLD_COL in df.columns else None
-    return Member(name, path, preds, folds, external, sha256_file(path))
+    return Member(name, path, preds, folds, external, sha256_file(path), content)
+
+
+def _checked_workspace_oof(model_dir: Path) -> str | None:
+    """A workspace member's content hash, once its oof.parquet is proven to be the one its training wrote.
+
+    A folder with no manifest at all holds an OOF file placed by hand: it can be blended and scored, but has
+    no content hash, so prediction refuses a blend of it."""
+    manifest = read_manifest(model_dir)
+    path = model_dir / OOF_FILE
+    if manifest is None:
+        logger.info("%s has no manifest: blended as a plain OOF file", path)
+        return None
+    if not manifest.get("content_hash") or not manifest.get("oof_sha256"):
+        raise DataError("the member is not complete (its manifest has no content hash); finish training it "
+                        "(fb3stack train / run)", file=path)
+    if sha256_file_cached(path) != manifest["oof_sha256"]:
+        raise DataError("does not match the sha256 recorded when it was written (truncated or altered); "
+                        "`fb3stack train` or `run` rebuilds it from the folds", file=path)
+    return str(manifest["content_hash"])
 
 
 def expand_specs(specs: list[str], base_dir: Path | None = None) -> list[str]:

@@ -4,8 +4,11 @@
     blends/<name>/spec.json       chosen method, members in order, per-trait weights or the stacker file, clip
     blends/<name>/blender.joblib  the chosen method refitted on all OOF rows
     blends/<name>/oof.parquet     text_id(, fold), six traits: the chosen method's nested-CV (held-out) predictions
-    blends/<name>/table.csv, .md  every member and method: in-sample vs nested MCRMSE, per trait, wall time
-    blends/<name>/manifest.json   hashes of the labels, members, folds and config
+    blends/<name>/table.csv, .md  every member and method: in-sample vs nested MCRMSE, per trait, wall time,
+                                  and the `selected-by-inner-CV` row: the honest score of choosing a method
+    blends/<name>/manifest.json   hashes of the labels, members (member_hashes: each workspace member's content
+                                  hash, which prediction checks), folds and config
+    blends/<name>/files.json      sha256 of every file above (checked before the blend is loaded)
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from fb3stack.blend.fitted import MODEL_FILE, SPEC_FILE
 from fb3stack.blend.inputs import Member, load_members, member_folds, meta_features, workspace_label_ids
 from fb3stack.blend.methods import Blender, make_method
 from fb3stack.blend.nested import OuterSplit, in_sample, nested_cv, outer_splits
-from fb3stack.blend.selection import SelectThenBlend
+from fb3stack.blend.selection import InnerCVSelect, SelectThenBlend
 from fb3stack.config import ConfigError, to_dict
 from fb3stack.constants import FOLD_COL, ID_COL, SCORE_MAX, SCORE_MIN, TARGETS
 from fb3stack.data import fingerprint, load_train, resolve_data_dir
 from fb3stack.folds import read_folds
 from fb3stack.io import atomic_dir, sha256_json, write_csv, write_json, write_parquet, write_text, write_yaml
 from fb3stack.metrics import rmse_per_trait
-from fb3stack.workspace import Workspace, write_manifest
+from fb3stack.workspace import Workspace, seal_folder, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class BlendResult:
     oof: np.ndarray  # chosen method's nested-CV predictions (mean over repeats)
     outer: str  # how the outer folds were made
     outer_folds: np.ndarray | None  # the fold of each row when the outer folds are fixed
+    honest: float | None = None  # nested MCRMSE of choosing the method by inner CV (None when not scored)
 
 
 def resolve_outer(cfg: BlendConfig, members: list[Member], labels: pd.DataFrame,
@@ -68,12 +72,36 @@ def resolve_outer(cfg: BlendConfig, members: list[Member], labels: pd.DataFrame,
             f"{o.repeats} x seeded KFold({o.n_folds}), seed {o.seed}")
 
 
+SELECTED_ROW = "selected-by-inner-CV"
+
+
 def build_method(spec: MethodSpec, cfg: BlendConfig) -> Blender:
     model = make_method(spec.kind, spec.params)
     s = cfg.selection
     if s.enabled:
         model = SelectThenBlend(model, s.prune_corr, s.forward, s.max_members, s.min_gain)
     return model
+
+
+def build_methods(cfg: BlendConfig, where: str | None = None) -> list[Blender]:
+    """Every method of the config constructed, so an unknown kind or parameter fails naming its key path."""
+    from fb3stack.blend.methods import METHODS
+
+    where = where or f"{cfg.source or 'blend config'}:"
+    out = []
+    for i, spec in enumerate(cfg.methods):
+        key = f"{where}methods[{i}].{'params' if spec.kind in METHODS else 'kind'}"
+        try:
+            out.append(build_method(spec, cfg))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{key} (method {spec.name!r}): {err}") from err
+    return out
+
+
+def build_selector(cfg: BlendConfig) -> InnerCVSelect:
+    """The whole "score every method, keep the best" procedure as one blender (choice by inner CV)."""
+    cands = [(spec.name, est, spec.meta) for spec, est in zip(cfg.methods, build_methods(cfg))]
+    return InnerCVSelect(cands, n_folds=cfg.outer.n_folds, seed=cfg.outer.seed)
 
 
 def _row(name: str, kind: str, ins: np.ndarray, nested: np.ndarray, std: float, seconds: float) -> dict:
@@ -102,15 +130,39 @@ def score_methods(cfg: BlendConfig, P: np.ndarray, y: np.ndarray, splits: list[O
         oofs[spec.name] = res.mean_oof
         logger.info("%-24s nested %.5f  in-sample %.5f  (%.2fs)", spec.name, res.mcrmse, ins.mean(),
                     rows[-1]["seconds"])
+    if cfg.honest_selection and len(cfg.methods) > 1:
+        sel = build_selector(cfg)
+        t0 = time.perf_counter()
+        res = nested_cv(sel, P, y, splits, meta=meta)
+        _, ins, _ = in_sample(sel, P, y, meta=meta)
+        rows.append(_row(SELECTED_ROW, "selection", ins, res.per_trait, res.mcrmse_std, time.perf_counter() - t0))
+        oofs[SELECTED_ROW] = res.mean_oof
+        logger.info("%-24s nested %.5f  (choosing among %d methods by inner CV, scored by the outer CV)",
+                    SELECTED_ROW, res.mcrmse, len(cfg.methods))
     return pd.DataFrame(rows), oofs
+
+
+def honest_note(table: pd.DataFrame, chosen: str) -> str:
+    """Which number to believe: the selector's outer score when it was computed, else the chosen method's."""
+    names = table.set_index("name")
+    nested = float(names.loc[chosen, "nested"])
+    if SELECTED_ROW not in names.index:
+        return (f"Honest estimate: {nested:.5f}, the nested MCRMSE of **{chosen}**; with one method there is no "
+                "choice to account for.") if (table["kind"] != "member").sum() == 1 else (
+                f"The chosen method's nested MCRMSE {nested:.5f} is the lowest of several, so slightly optimistic "
+                "(honest_selection is off).")
+    honest = float(names.loc[SELECTED_ROW, "nested"])
+    return (f"**Honest estimate: {honest:.5f}** (`{SELECTED_ROW}`: choosing the method by inner CV, scored by the "
+            f"outer CV). The chosen method's own nested MCRMSE {nested:.5f} is the best of "
+            f"{int((table['kind'] != 'member').sum()) - 1} nested scores, so it is biased low by the choice.")
 
 
 def to_markdown(table: pd.DataFrame, chosen: str, outer_desc: str) -> str:
     cols = ["name", "kind", "in_sample", "nested", "nested_std", *[f"nested_{t}" for t in TARGETS], "seconds"]
     head = "| " + " | ".join(c.replace("nested_", "") if c.startswith("nested_") and c != "nested_std" else c
                              for c in cols) + " |"
-    lines = [f"Nested CV over {outer_desc}; chosen method: **{chosen}** (lowest nested MCRMSE).", "", head,
-             "|" + "---|" * len(cols)]
+    lines = [f"Nested CV over {outer_desc}; chosen method: **{chosen}** (lowest nested MCRMSE).",
+             honest_note(table, chosen), "", head, "|" + "---|" * len(cols)]
     for _, r in table.iterrows():
         cells = [f"{r[c]:.5f}" if isinstance(r[c], float) and c != "seconds" else f"{r[c]}" for c in cols]
         if r["name"] == chosen:
@@ -137,9 +189,17 @@ def manifest_hashes(cfg: BlendConfig, labels: pd.DataFrame, members: list[Member
 
 
 def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: str | os.PathLike | None = None,
-              write: bool = True) -> BlendResult:
+              write: bool = True, labels: pd.DataFrame | None = None) -> BlendResult:
+    """Score every method, keep the best by nested score, write blends/<name>/.
+
+    `labels` (text_id, full_text, six traits) are the training rows as the caller already validated them:
+    `fb3stack run` passes its own, read with the run's data settings (file, on_bad_score, limit), so the blend
+    never reads train.csv another way. Without them the blend config's data_dir/train_file are read.
+    """
     base_dir = Path(cfg.source).parent if cfg.source else None
-    labels = load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file)
+    if labels is None:
+        labels = load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file)
+    labels = labels[[c for c in labels.columns if c != FOLD_COL]]
     ws = Workspace.at(workspace) if workspace is not None else None
     labels = workspace_label_ids(ws, labels)
     members = load_members(cfg.members, labels, ws, base_dir)
@@ -149,9 +209,11 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
     meta = meta_features(labels, cfg.meta_features) if any(s.meta for s in cfg.methods) else None
     logger.info("blending %d members over %d essays; outer folds: %s", len(members), len(y), outer_desc)
     table, oofs = score_methods(cfg, P, y, splits, meta, names)
-    methods = table[table["kind"] != "member"]
+    methods = table[~table["kind"].isin(["member", "selection"])]
     chosen = str(methods.sort_values("nested", kind="stable").iloc[0]["name"])
-    result = BlendResult(table, chosen, None, oofs[chosen], outer_desc, outer_folds)
+    honest = table.set_index("name")["nested"].get(SELECTED_ROW)
+    result = BlendResult(table, chosen, None, oofs[chosen], outer_desc, outer_folds,
+                         float(honest) if honest is not None else None)
     if not write or ws is None:
         return result
     spec_cfg = next(s for s in cfg.methods if s.name == chosen)
@@ -164,6 +226,7 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
         "meta_features": cfg.meta_features if spec_cfg.meta else [], "uses_meta": bool(spec_cfg.meta),
         "clip": [SCORE_MIN, SCORE_MAX], "model_file": MODEL_FILE, "outer": outer_desc,
         "nested_mcrmse": float(methods.set_index("name").loc[chosen, "nested"]),
+        "honest_mcrmse": result.honest, "honest_note": honest_note(table, chosen),
         **(weights_spec(final, names) or {}),
     }
     oof = pd.DataFrame(result.oof, columns=list(TARGETS))
@@ -178,6 +241,9 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
         write_parquet(tmp / "oof.parquet", oof)
         write_csv(tmp / "table.csv", table)
         write_text(tmp / "table.md", to_markdown(table, chosen, outer_desc))
-        write_manifest(tmp, **manifest_hashes(cfg, labels, members, outer_desc, outer_folds))
+        write_manifest(tmp, **manifest_hashes(cfg, labels, members, outer_desc, outer_folds),
+                       # what prediction checks: the blend is used only with exactly these member models
+                       member_hashes={m.name: m.content_hash for m in members})
+        seal_folder(tmp)
     result.blend_dir = target
     return result

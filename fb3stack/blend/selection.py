@@ -85,3 +85,35 @@ class SelectThenBlend(Blender):
         if not isinstance(self.base_, WeightBlender):
             raise AttributeError(f"{type(self.base_).__name__} has no intercept")
         return self.base_.intercept_
+
+
+class InnerCVSelect(Blender):
+    """Choose among `candidates` by an inner CV on the rows it is fitted on, then fit the winner on all of them.
+
+    This is the procedure `fb3stack blend` itself follows (score every method, keep the best) written as one
+    blender, so nested CV of it scores the choice of method too: the minimum of many methods' nested scores
+    is optimistic, the outer score of this selector is not. `candidates` is a list of (name, blender,
+    uses_meta) triples; inner folds are seeded KFolds of the fitting rows.
+    """
+
+    def __init__(self, candidates: list | None = None, n_folds: int = 5, seed: int = 0) -> None:
+        self.candidates = candidates
+        self.n_folds = n_folds
+        self.seed = seed
+
+    def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
+        from fb3stack.blend.nested import nested_cv, outer_splits
+
+        if not self.candidates:
+            raise ValueError("InnerCVSelect needs at least one candidate")
+        splits = outer_splits(P.shape[1], None, min(self.n_folds, P.shape[1]), 1, self.seed)
+        scores = [nested_cv(est, P, y, splits, meta=meta if uses_meta else None).mcrmse
+                  for _, est, uses_meta in self.candidates]
+        best = int(np.argmin(scores))
+        name, est, uses_meta = self.candidates[best]
+        self.scores_ = dict(zip([c[0] for c in self.candidates], scores))
+        self.selected_name_, self.uses_meta_ = name, bool(uses_meta)
+        self.model_ = clone(est).fit(P, y, meta=meta if uses_meta else None)
+
+    def _predict(self, P: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
+        return self.model_.predict(P, meta=meta if self.uses_meta_ else None)

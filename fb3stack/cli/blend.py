@@ -6,8 +6,9 @@ import argparse
 
 from fb3stack.blend.config import load_blend_config
 from fb3stack.blend.run import run_blend
-from fb3stack.cli.common import log_to_workspace
-from fb3stack.workspace import Workspace
+from fb3stack.cli.common import log_to_workspace, writing
+from fb3stack.config import load_run_config, load_yaml
+from fb3stack.workspace import Workspace, load_training_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,9 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_blend_config(args.config, args.overrides)
+    labels = None
+    if "blend" in load_yaml(args.config):  # a zoo YAML: read the labels with the zoo's data settings, as `run` does
+        _, labels = load_training_data(load_run_config(args.config).data, args.data_dir)
     ws = Workspace.at(args.workspace)
-    log_to_workspace(ws, "blend")
-    res = run_blend(cfg, ws.root, args.data_dir)
+    with writing(ws, "blend"):
+        log_to_workspace(ws, "blend")
+        res = run_blend(cfg, ws.root, args.data_dir, labels=labels)
     cols = ["name", "kind", "in_sample", "nested", "nested_std", "seconds"]
     print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
     print(f"chosen: {res.chosen}  ->  {res.blend_dir}")

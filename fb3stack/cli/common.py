@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
+from fb3stack import dist
 from fb3stack.config import RunConfig, load_run_config, to_dict
 from fb3stack.io import write_yaml
-from fb3stack.workspace import Workspace
+from fb3stack.workspace import Workspace, workspace_lock
 
 
 def add_run_options(p: argparse.ArgumentParser, config_required: bool = False) -> None:
@@ -41,3 +44,14 @@ def save_resolved_config(ws: Workspace, cfg: RunConfig, name: str = "run_config.
     path = ws.root / name
     write_yaml(path, to_dict(cfg))
     return path
+
+
+@contextlib.contextmanager
+def writing(ws: Workspace, command: str) -> Iterator[None]:
+    """Hold the workspace lock for a command that writes to it (main process only under data parallelism:
+    the helper processes of one `accelerate launch` are the same command)."""
+    if not dist.is_main():
+        yield
+        return
+    with workspace_lock(ws, command):
+        yield

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, workspace_of
+from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, workspace_of, writing
 from fb3stack.folds import fold_summary
 from fb3stack.workspace import ensure_folds, load_training_data
 
@@ -28,9 +28,10 @@ def run(args: argparse.Namespace) -> int:
     if args.from_file:
         cfg.folds.file = args.from_file
     ws = workspace_of(args, cfg)
-    log_to_workspace(ws, "folds")
     _, train = load_training_data(cfg.data, args.data_dir)
-    folds = ensure_folds(ws, train, cfg.folds, force=args.force)
+    with writing(ws, "folds"):
+        log_to_workspace(ws, "folds")
+        folds = ensure_folds(ws, train, cfg.folds, force=args.force)
     print(f"{ws.folds_path}: {len(folds)} essays in {folds['fold'].nunique()} folds")
     print(fold_summary(train, folds).round(3).to_string())
     return 0

@@ -11,7 +11,7 @@ from fb3stack import __version__
 from fb3stack.config import ConfigError
 from fb3stack.data import DataError
 from fb3stack.progress import quiet_third_party_bars
-from fb3stack.workspace import StaleArtefactError
+from fb3stack.workspace import CorruptArtefactError, StaleArtefactError, WorkspaceBusyError
 
 logger = logging.getLogger("fb3stack")
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return int(args.func(args) or 0)
-    except (DataError, ConfigError, StaleArtefactError) as err:
+    except (DataError, ConfigError, StaleArtefactError, CorruptArtefactError, WorkspaceBusyError) as err:
         logger.error("%s", err)
         print(f"error: {err}", file=sys.stderr)
         return 2

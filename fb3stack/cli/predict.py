@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 
+from fb3stack.cli.common import writing
 from fb3stack.submit.predict import PredictSources, predict_submission
+from fb3stack.workspace import Workspace
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,10 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at predict time
-    if args.bundle:
+    if args.bundle:  # a bundle is not a workspace: nothing to lock
         sources = PredictSources.from_bundle(args.bundle, args.cache)
-    else:
-        sources = PredictSources.from_workspace(args.workspace, args.blend)
-    sub = predict_submission(sources, args.test, args.out, args.sample_submission)
+        sub = predict_submission(sources, args.test, args.out, args.sample_submission)
+    else:  # writes the workspace's prediction cache, so it waits for no other writer
+        with writing(Workspace.at(args.workspace), "predict"):
+            sources = PredictSources.from_workspace(args.workspace, args.blend)
+            sub = predict_submission(sources, args.test, args.out, args.sample_submission)
     print(f"wrote {args.out}: {len(sub)} essays")
     return 0

@@ -1,20 +1,31 @@
-"""`fb3stack run <zoo.yaml>`: the main job — data check, folds, every member, blend, submission, report."""
+"""`fb3stack run <zoo.yaml>`: the main job — data check, folds, every member, blend, submission, report.
+
+Everything that can be checked is checked before the first model trains, so a mistake costs seconds, not
+the hours of the members before it: the zoo and every member config, every backbone, the blend config with
+every method constructed, the training data (with the run's own data settings, which the blend then reuses
+rather than reading train.csv its own way), the test file and the sample submission.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from fb3stack.base.executors import RayOptions, run_local, run_ray
-from fb3stack.base.runner import resolve_members
-from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, save_resolved_config
+from fb3stack.base.member import MemberConfig
+from fb3stack.base.runner import check_backbones, resolve_members
+from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, save_resolved_config, writing
 from fb3stack.config import ConfigError, RunConfig, from_dict
-from fb3stack.data import load_test, resolve_data_dir
+from fb3stack.constants import ID_COL
+from fb3stack.data import DataError, load_sample_submission, load_test
 from fb3stack.submit.predict import PredictSources, predict_submission
 from fb3stack.submit.report import run_summary, write_report
-from fb3stack.workspace import prepare
+from fb3stack.workspace import Workspace, load_training_data, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -44,45 +55,92 @@ def zoo_blend_config(cfg: RunConfig):
     return blend
 
 
+@dataclass
+class Checked:
+    """Everything `run` needs, validated before anything is written or trained."""
+
+    members: list[MemberConfig]
+    blend: object  # BlendConfig
+    data_dir: Path
+    train: pd.DataFrame
+    test_path: Path
+    sample_path: Path | None
+
+
+def check_blend_members(blend_cfg, members: list[MemberConfig], where: str) -> None:
+    names = {m.name for m in members}
+    base = Path(blend_cfg.source).parent if blend_cfg.source else Path.cwd()
+    for i, spec in enumerate(blend_cfg.members):
+        if spec in names or any(ch in spec for ch in "*?["):
+            continue
+        path = Path(spec)
+        if not (path.is_file() or (base / path).is_file()):
+            raise ConfigError(f"{where}members[{i}]: {spec!r} is not a member of this zoo {sorted(names)} nor an "
+                              "OOF file")
+
+
+def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
+    """Configs first (seconds), then the data files; raises ConfigError / DataError naming what is wrong."""
+    from fb3stack.blend.run import build_methods
+
+    members = resolve_members(cfg)
+    if cfg.blend is None:
+        raise ConfigError(f"{args.config}: the zoo config needs a 'blend' (a blend YAML path or mapping)")
+    check_backbones(members)
+    blend_cfg = zoo_blend_config(cfg)
+    where = f"{blend_cfg.source}:" if isinstance(cfg.blend, str) else f"{cfg.source}:blend."
+    build_methods(blend_cfg, where)
+    check_blend_members(blend_cfg, members, where)
+    data_dir, train = load_training_data(cfg.data, args.data_dir)
+    test_path = Path(args.test) if args.test else data_dir / cfg.data.test_file
+    test = load_test(test_path)
+    sample = data_dir / cfg.data.sample_submission_file
+    sample_path = sample if sample.is_file() else None
+    if sample_path is not None:
+        ids = set(load_sample_submission(sample_path)[ID_COL])
+        if ids != set(test[ID_COL]):
+            raise DataError(f"ids differ from the test file {test_path} ({len(ids ^ set(test[ID_COL]))} not shared)",
+                            file=sample_path, column=ID_COL)
+    logger.info("checked: %d members, blend %s with %d methods, %d training essays, %d test essays",
+                len(members), blend_cfg.name, len(blend_cfg.methods), len(train), len(test))
+    return Checked(members, blend_cfg, data_dir, train, test_path, sample_path)
+
+
 def run(args: argparse.Namespace) -> int:
     from fb3stack.blend.run import run_blend
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     cfg = run_config(args)
-    members = resolve_members(cfg)
-    if cfg.blend is None:
-        raise SystemExit(f"{args.config}: the zoo config needs a 'blend' (a blend YAML path or mapping)")
-    prep = prepare(cfg, args.data_dir, args.workspace)
-    ws = prep.workspace
-    log_path = log_to_workspace(ws, "run")
-    save_resolved_config(ws, cfg)
-    data_dir = resolve_data_dir(args.data_dir, cfg.data.data_dir)
-    test_path = Path(args.test) if args.test else data_dir / cfg.data.test_file
-    load_test(test_path)  # refuse a bad test file before hours of training, not after
-    timings["data+folds"] = time.perf_counter() - t0
+    checked = validate(args, cfg)
+    timings["checks"] = time.perf_counter() - t0
+    ws = Workspace.at(args.workspace or cfg.workspace)
+    with writing(ws, "run"):
+        t = time.perf_counter()
+        prep = prepare(cfg, workspace=ws.root, loaded=(checked.data_dir, checked.train))
+        log_path = log_to_workspace(ws, "run")
+        save_resolved_config(ws, cfg)
+        timings["data+folds"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    if args.executor == "ray":
-        run_ray(members, prep, options=RayOptions(address=args.ray_address))
-    else:
-        run_local(members, prep)
-    timings["train"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if args.executor == "ray":
+            run_ray(checked.members, prep, options=RayOptions(address=args.ray_address))
+        else:
+            run_local(checked.members, prep)
+        timings["train"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    blend_cfg = zoo_blend_config(cfg)
-    result = run_blend(blend_cfg, ws.root, data_dir)
-    blend_dir = result.blend_dir
-    logger.info("blend %s: chosen %s", blend_cfg.name, result.chosen)
-    timings["blend"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result = run_blend(checked.blend, ws.root, checked.data_dir, labels=prep.train)
+        blend_dir = result.blend_dir
+        logger.info("blend %s: chosen %s", checked.blend.name, result.chosen)
+        timings["blend"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    out = Path(args.out) if args.out else ws.root / "submission.csv"
-    sample = data_dir / cfg.data.sample_submission_file
-    predict_submission(PredictSources.from_workspace(ws.root, blend_dir.name), test_path, out,
-                       sample if sample.is_file() else None)
-    timings["predict"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    report = write_report(ws, blend_dir, out, timings, data_dir=data_dir)
+        t = time.perf_counter()
+        out = Path(args.out) if args.out else ws.root / "submission.csv"
+        predict_submission(PredictSources.from_workspace(ws.root, blend_dir.name), checked.test_path, out,
+                           checked.sample_path)
+        timings["predict"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        report = write_report(ws, blend_dir, out, timings, data_dir=checked.data_dir)
     print(run_summary(ws, out, report, log_path, blend_dir, timings))
     return 0

@@ -9,9 +9,9 @@ from pathlib import Path
 from fb3stack import dist
 from fb3stack.base.executors import RayOptions, run_local, run_ray
 from fb3stack.base.runner import resolve_members
-from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config
+from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config, writing
 from fb3stack.config import RunConfig, load_run_config, load_yaml
-from fb3stack.workspace import prepare
+from fb3stack.workspace import Workspace, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return dry_run(members)
     dist.init()  # no-op unless launched by accelerate/torchrun
+    with writing(Workspace.at(args.workspace or cfg.workspace), "train"):
+        return _train(args, cfg, members)
+
+
+def _train(args: argparse.Namespace, cfg: RunConfig, members: list) -> int:
     with dist.main_first():  # only the main process writes folds.csv; the others read it
         prep = prepare(cfg, args.data_dir, args.workspace, force_folds=args.force_folds)
     if dist.is_main():

@@ -1,6 +1,7 @@
 """A self-contained folder to predict offline, as in a Kaggle code competition.
 
-    DIR/bundle.json        what is inside, and the backbone specs rewritten to bundled folders
+    DIR/bundle.json        what is inside (with each member's content hash), and the backbone specs rewritten to
+                           bundled folders
     DIR/models/<member>/   config.yaml + every fold's model files (checkpoints, tokenizers, sklearn/LightGBM)
     DIR/blend/             the fitted blend (spec.json, saved stacker)
     DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM for embed-svr)
@@ -9,6 +10,10 @@
 
     pip install --no-index --find-links DIR/wheels fb3stack
     fb3stack predict --bundle DIR --test test.csv --out submission.csv
+
+Only a blend whose members are unchanged since it was fitted is bundled (the same check as `predict`), and
+the members' seals (files.json) and manifests travel along, so `predict --bundle` verifies every file and
+hash again on the target machine.
 """
 
 from __future__ import annotations
@@ -27,13 +32,13 @@ from fb3stack import __version__
 from fb3stack.base.runner import SavedMember
 from fb3stack.config import to_dict
 from fb3stack.io import atomic_dir, write_json, write_text
-from fb3stack.submit.predict import PredictSources
+from fb3stack.submit.predict import PredictSources, check_blend, load_member
+from fb3stack.workspace import PREDICT_UNUSED
 
 logger = logging.getLogger(__name__)
 
 # what fb3stack needs beyond a Kaggle GPU image (torch, transformers, lightgbm, sklearn, pandas ... are there)
 EXTRA_WHEELS = ("iterative-stratification", "textstat", "pyphen", "pyspellchecker")
-SKIP_IN_FOLDS = {"embeddings.npy"}  # OOF-only artefacts that prediction never reads
 
 
 def backbone_folders(config: dict) -> dict[str, Path]:
@@ -81,7 +86,10 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
     from fb3stack.blend import load_fitted_blend
 
     sources = PredictSources.from_workspace(workspace, blend)
+    expected = check_blend(sources.blend_dir)
     fitted = load_fitted_blend(sources.blend_dir)
+    # every member verified (seals, content hash == the blend's record) before anything is copied
+    hashes = {name: load_member(sources, name, expected.get(name))[1] for name in fitted.members}
     out = Path(out)
     with atomic_dir(out) as tmp:
         paths: dict[str, str] = {}
@@ -94,7 +102,7 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
                     shutil.copy2(saved.model_dir / item, dest / item)
             for fold in saved.fold_dirs:
                 shutil.copytree(fold, dest / fold.name, ignore=lambda _d, names: [n for n in names
-                                                                                   if n in SKIP_IN_FOLDS])
+                                                                                   if n in PREDICT_UNUSED])
             for spec, folder in backbone_folders(to_dict(saved.config)).items():
                 rel = f"backbones/{_slug(spec)}"
                 if not (tmp / rel).exists():
@@ -104,7 +112,8 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
         wheel_names = build_wheels(tmp / "wheels") if wheels else []
         write_json(tmp / "bundle.json", {
             "fb3stack_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "blend": sources.blend_dir.name, "members": list(fitted.members), "paths": paths, "wheels": wheel_names,
+            "blend": sources.blend_dir.name, "members": list(fitted.members), "member_hashes": hashes,
+            "paths": paths, "wheels": wheel_names,
         })
         write_text(tmp / "README.md", BUNDLE_README.format(members=", ".join(fitted.members)))
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())

