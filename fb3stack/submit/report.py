@@ -58,9 +58,9 @@ def write_report(ws: Workspace, blend_dir: Path | None, submission: Path | None,
         spec = read_json(blend_dir / "spec.json")
         parts += [f"## Second layer: blend `{blend_dir.name}`", ""]
         if (blend_dir / "table.md").is_file():
-            parts += [("Every method, in-sample vs nested CV (in-sample scores flatter; the chosen method's nested score "
-                       "flatters a little too, since it won among many: the honest estimate is the selected-by-inner-CV "
-                       "row, which scores the choice itself):"), "",
+            parts += [("Every method, in-sample vs nested CV (in-sample scores flatter; the chosen method's nested "
+                       "score flatters a little too, since it won among many: the honest estimate is the "
+                       "selected-by-inner-CV row, which scores the choice itself):"), "",
                       (blend_dir / "table.md").read_text(encoding="utf-8").strip(), ""]
         parts += ["Chosen blend (spec.json):", "", "```json", json.dumps(spec, indent=2)[:6000], "```", ""]
     if submission is not None:
