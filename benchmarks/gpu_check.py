@@ -52,7 +52,8 @@ sys.path.insert(0, str(REPO))
 import gpu_check_prepare as prepare_mod  # noqa: E402
 
 # share of the time budget per part; what a part leaves unused goes to the later ones in proportion
-SHARES = {"1": 0.04, "2": 0.26, "3": 0.17, "4": 0.12, "5": 0.36, "6": 0.05}
+# sized from the H100 run of 2026-11-26 (parts took 13, 84, 103, 29, 176+, 11 s; part 5 needs ~210 s for 5 folds)
+SHARES = {"1": 0.03, "2": 0.19, "3": 0.15, "4": 0.07, "5": 0.51, "6": 0.05}
 TITLES = {"1": "machine facts and matmul peaks", "2": "DeBERTa-v3 architectures, eager attention",
           "3": "DeBERTa attention kernels vs eager", "4": "fp16 + GradScaler (T4 path)",
           "5": "MiniLM fp16 checkpoint fine-tuned by fb3stack train (5 folds)", "6": "inference of the folds"}
