@@ -1,7 +1,13 @@
 """`tfidf-ridge`: word and character n-gram TF-IDF fitted inside each fold, then ridge regression.
 
 The vectorisers learn their vocabulary and IDF weights from the fold's training rows only, so nothing of
-the validation essays reaches the model. One multi-output ridge (shared alpha) or one ridge per trait.
+the validation essays reaches the model. One multi-output ridge (shared alpha), one ridge per trait with
+given alphas, or (`alphas`) one alpha per trait chosen by leave-one-out CV on the fold's training rows.
+
+Prediction tokenises the new essays once: every fold's vectoriser uses the same analyser and differs only in
+vocabulary and IDF, so one count matrix over the union of the folds' vocabularies serves all folds, each
+taking its columns and applying its own tf/IDF weighting and normalisation (the same numbers as its own
+`transform`).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ class TfidfRidgeConfig(MemberConfig):
     lowercase: bool = False  # capitalisation errors are part of "conventions"
     alpha: float = 1.0
     per_trait_alpha: list[float] | None = None  # six alphas, one ridge per trait; None: one multi-output ridge
+    alphas: list[float] | None = None  # a grid: each trait's alpha picked by leave-one-out CV on training rows
 
 
 class TfidfRidgeMember(Member):
@@ -65,7 +72,16 @@ class TfidfRidgeMember(Member):
         texts = train[TEXT_COL].tolist()
         x = sp.hstack([v.fit_transform(texts) for v in vecs]).tocsr()
         y = train[list(TARGETS)].to_numpy()
-        if c.per_trait_alpha is not None:
+        info: dict = {}
+        if c.alphas is not None:
+            from sklearn.linear_model import RidgeCV
+
+            cv = RidgeCV(alphas=c.alphas, alpha_per_target=True).fit(x, y)
+            chosen = [float(a) for a in np.atleast_1d(cv.alpha_)]
+            # refit plain ridges with the chosen alphas: same solution, and the saved model stays the same type
+            models = [Ridge(alpha=a).fit(x, y[:, i]) for i, a in enumerate(chosen)]
+            info["alphas"] = chosen
+        elif c.per_trait_alpha is not None:
             if len(c.per_trait_alpha) != len(TARGETS):
                 raise ValueError(f"{c.name}: per_trait_alpha needs {len(TARGETS)} values")
             models = [Ridge(alpha=a).fit(x, y[:, i]) for i, a in enumerate(c.per_trait_alpha)]
@@ -73,15 +89,58 @@ class TfidfRidgeMember(Member):
             models = [Ridge(alpha=c.alpha).fit(x, y)]
         bundle = {"vectorisers": vecs, "ridges": models}
         joblib.dump(bundle, fold_dir / MODEL_FILE)
-        return FoldResult(self._apply(bundle, valid),
-                          info={"n_features": int(x.shape[1])})
+        return FoldResult(self._apply(bundle, valid), info={"n_features": int(x.shape[1]), **info})
 
     @staticmethod
     def _apply(bundle: dict, df: pd.DataFrame) -> np.ndarray:
         texts = df[TEXT_COL].tolist()
         x = sp.hstack([v.transform(texts) for v in bundle["vectorisers"]]).tocsr()
-        preds = np.column_stack([m.predict(x) for m in bundle["ridges"]])
-        return np.clip(preds, SCORE_MIN, SCORE_MAX)
+        return _ridge_predict(bundle["ridges"], x)
 
     def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
         return self._apply(joblib.load(Path(fold_dir) / MODEL_FILE), df)
+
+    def predict_folds(self, df: pd.DataFrame, fold_dirs: list[Path]) -> np.ndarray:
+        bundles = [joblib.load(Path(d) / MODEL_FILE) for d in fold_dirs]
+        texts = df[TEXT_COL].tolist()
+        per_fold: list[list[sp.csr_matrix]] = [[] for _ in bundles]
+        for j in range(len(bundles[0]["vectorisers"])):
+            vecs = [b["vectorisers"][j] for b in bundles]
+            for k, x in enumerate(shared_transform(vecs, texts)):
+                per_fold[k].append(x)
+        return np.mean([_ridge_predict(b["ridges"], sp.hstack(xs).tocsr()) for b, xs in zip(bundles, per_fold)],
+                       axis=0)
+
+
+def _ridge_predict(ridges: list[Ridge], x: sp.csr_matrix) -> np.ndarray:
+    preds = np.column_stack([m.predict(x) for m in ridges])
+    return np.clip(preds, SCORE_MIN, SCORE_MAX)
+
+
+def shared_transform(vecs: list[TfidfVectorizer], texts: list[str]) -> list[sp.csr_matrix]:
+    """`[v.transform(texts) for v in vecs]` with the texts tokenised once (the vectorisers must share their
+    analyser settings, as one member's fold vectorisers do)."""
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    params = {k: v for k, v in vecs[0].get_params().items() if k in CountVectorizer().get_params()}
+    for v in vecs[1:]:
+        other = {k: val for k, val in v.get_params().items() if k in params}
+        if other != params:
+            raise ValueError("shared_transform needs vectorisers with the same analyser settings")
+    union = sorted(set().union(*(v.vocabulary_ for v in vecs)))
+    column = {term: i for i, term in enumerate(union)}
+    counts = CountVectorizer(**{**params, "vocabulary": column, "max_features": None, "min_df": 1,
+                                "max_df": 1.0}).transform(texts).tocsc()
+    out = []
+    for v in vecs:
+        terms = sorted(v.vocabulary_, key=v.vocabulary_.get)  # the fold's column order
+        x = counts[:, [column[t] for t in terms]].tocsr().astype(np.float64)
+        if v.sublinear_tf:
+            x.data = np.log(x.data) + 1.0
+        if v.use_idf:
+            x = x @ sp.diags(v.idf_)
+        if v.norm:
+            x = normalize(x, norm=v.norm, copy=False)
+        out.append(x.astype(v.dtype).tocsr())
+    return out
