@@ -1,14 +1,15 @@
 """The CPU zoo end to end on the real train.csv, every number side by side from one run.
 
+Phases, in this order (the CSV is rewritten after each, so a run cut short keeps what it measured):
 cold:    `fb3stack run ZOO` in a fresh workspace with empty caches (embeddings, text features computed,
          every member trained, blended by nested CV, test.csv predicted).
 rerun:   the same command again in the same workspace (everything up to date: what `make run` costs twice).
-warm:    a fresh workspace whose cache/ is a copy of the cold one: every member and the blend are fitted again
-         from scratch, only the label-free embeddings/features come from the cache.
 predict: `fb3stack predict` of a 2,500-essay test file (essays drawn from train.csv, new ids) with the cold
          workspace's models; member predictions are not cached for it and the test essays are embedded anew.
 bundle:  `fb3stack bundle --no-wheels` of the cold workspace: its size, and the bytes held by files whose
          content another file of the bundle already has (0 = nothing stored twice).
+warm:    a fresh workspace whose cache/ is a copy of the cold one: every member and the blend are fitted again
+         from scratch, only the label-free embeddings/features come from the cache.
 
 Each phase is a subprocess limited to `--threads` threads. One CSV row per phase goes to benchmarks/results/
 with the machine, the 1-minute load average at the start and end of the phase (other processes sharing the
@@ -105,8 +106,6 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep the workspaces (printed) instead of deleting")
     args = p.parse_args()
 
-    import torch
-
     root = Path(tempfile.mkdtemp(prefix="bench_cpu_zoo_"))
     cold, warm = root / "cold", root / "warm"
     data = ["--data-dir", str(args.data_dir.resolve())]
@@ -122,40 +121,53 @@ def main() -> None:
         rows.append(row)
         print(f"{name}: {seconds:.1f} s (load {load0:.2f}) {json.dumps({k: v for k, v in row.items() if k not in ('phase', 'seconds')})}", flush=True)  # noqa: E501
 
+    import torch
+
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
+               "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+               "python": platform.python_version(), "zoo": args.zoo.name,
+               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+    csv_name = f"bench_cpu_zoo_{dt.datetime.now():%Y%m%d-%H%M%S}.csv"
+
+    def save() -> Path:  # after every phase, so a run cut short still leaves what it measured
+        return save_csv([{**machine, **r} for r in rows], csv_name)
+
     try:
         phase("cold", ["run", str(args.zoo), *data, "--workspace", str(cold)], cold)
+        save()
         phase("rerun", ["run", str(args.zoo), *data, "--workspace", str(cold)], cold)
-        shutil.copytree(cold / "cache", warm / "cache")
-        phase("warm", ["run", str(args.zoo), *data, "--workspace", str(warm)], warm)
+        save()
         test = make_test_file(args.data_dir, root / "test2500.csv", args.n_predict)
         phase("predict", ["predict", "--workspace", str(cold), "--test", str(test), "--out",
                           str(root / "sub2500.csv"), "--cache", str(root / "predcache")], n_essays=args.n_predict)
+        save()
+        load0 = load_average()
         t_bundle = fb3stack(["bundle", "--workspace", str(cold), "--out", str(root / "bundle"), "--no-wheels"],
                             args.threads)
         total, dup = duplicate_bytes(root / "bundle")
-        rows.append({"phase": "bundle", "seconds": round(t_bundle, 1), "load_1min_start": round(load_average(), 2),
-                     "bundle_mb": round(total / 2**20, 1), "bundle_duplicate_mb": round(dup / 2**20, 2)})
+        rows.append({"phase": "bundle", "seconds": round(t_bundle, 1), "load_1min_start": round(load0, 2),
+                     "load_1min_end": round(load_average(), 2), "bundle_mb": round(total / 2**20, 1),
+                     "bundle_duplicate_mb": round(dup / 2**20, 2)})
         print(f"bundle: {total / 2**20:.1f} MB, duplicated {dup / 2**20:.2f} MB", flush=True)
+        save()
+        shutil.copytree(cold / "cache", warm / "cache")
+        phase("warm", ["run", str(args.zoo), *data, "--workspace", str(warm)], warm)
+        out = save()
     finally:
         if args.keep:
             print(f"workspaces kept under {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-               "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-               "python": platform.python_version(), "zoo": args.zoo.name,
-               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    table = [{**machine, **r} for r in rows]
-    out = save_csv(table, f"bench_cpu_zoo_{dt.datetime.now():%Y%m%d-%H%M%S}.csv")
     cols = ["phase", "seconds", "load_1min_start", "load_1min_end"]
     df = pd.DataFrame(rows)
     print(df[[c for c in cols if c in df.columns]].to_string(index=False))
-    first = rows[0]
-    print("members:", {k[4:]: v for k, v in first.items() if k.startswith("oof_")})
-    print(f"blend {first.get('blend_method')} nested {first.get('blend_nested')} (target 0.490); "
-          f"cold {first['seconds']:.0f} s (target 720); rerun {rows[1]['seconds']:.0f} s, "
-          f"warm {rows[2]['seconds']:.0f} s (target 60); predict {args.n_predict} essays {rows[3]['seconds']:.0f} s "
-          f"(target 120); bundle {rows[4]['bundle_mb']} MB, {rows[4]['bundle_duplicate_mb']} MB stored twice -> {out}")
+    by = {r["phase"]: r for r in rows}
+    print("members:", {k[4:]: v for k, v in by["cold"].items() if k.startswith("oof_")})
+    print(f"blend {by['cold'].get('blend_method')} nested {by['cold'].get('blend_nested')} (target 0.490); "
+          f"cold {by['cold']['seconds']:.0f} s (target 720); rerun {by['rerun']['seconds']:.0f} s, "
+          f"warm {by['warm']['seconds']:.0f} s (target 60); predict {args.n_predict} essays "
+          f"{by['predict']['seconds']:.0f} s (target 120); bundle {by['bundle']['bundle_mb']} MB, "
+          f"{by['bundle']['bundle_duplicate_mb']} MB stored twice -> {out}")
 
 
 if __name__ == "__main__":
