@@ -89,6 +89,14 @@ def duplicate_bytes(folder: Path) -> tuple[int, int]:
     return total, dup
 
 
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return (REPO / "COMMIT").read_text().strip() if (REPO / "COMMIT").is_file() else "unknown"
+
+
 def make_test_file(data_dir: Path, out: Path, n: int, seed: int = 0) -> Path:
     train = pd.read_csv(data_dir / "train.csv")
     sample = train.sample(n=n, replace=n > len(train), random_state=seed).reset_index(drop=True)
@@ -125,7 +133,7 @@ def main() -> None:
 
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
-               "python": platform.python_version(), "zoo": args.zoo.name,
+               "python": platform.python_version(), "zoo": args.zoo.name, "commit": git_commit(),
                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     csv_name = f"bench_cpu_zoo_{dt.datetime.now():%Y%m%d-%H%M%S}.csv"
 
