@@ -240,3 +240,25 @@ def test_predict_computes_features_once_per_test_set(kind: str, trained: dict, p
     monkeypatch.undo()
     by_fold = np.mean([member.predict_fold(test, d) for d in saved.fold_dirs], axis=0)
     np.testing.assert_allclose(preds, by_fold, atol=1e-5)
+
+
+def test_tfidf_from_cached_counts_equals_fitting_on_texts(prep, tmp_path: Path,  # noqa: ANN001
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from fb3stack.base import ngram_counts
+
+    train, valid = split(prep, 3)
+    texts, v_texts = train[TEXT_COL].tolist(), valid[TEXT_COL].tolist()
+    member = make_member("tfidf-ridge", None, max_features_char=5000)  # small cap: exercises the tie order
+    for ref, vec in zip(member.vectorisers(), member.vectorisers()):
+        x_ref, xv_ref = ref.fit_transform(texts), ref.transform(v_texts)
+        counts, vocab = ngram_counts.cached_counts(texts + v_texts, vec, tmp_path)
+        x = ngram_counts.fit_from_counts(vec, counts[:len(texts)], vocab)
+        assert vec.vocabulary_ == ref.vocabulary_, f"{vec.analyzer}: another vocabulary"
+        np.testing.assert_array_equal(vec.idf_, ref.idf_)
+        np.testing.assert_allclose(x.toarray(), x_ref.toarray(), atol=1e-7)
+        np.testing.assert_allclose(ngram_counts.transform_from_counts(vec, counts[len(texts):], vocab).toarray(),
+                                   xv_ref.toarray(), atol=1e-7)
+    # a second fold's fit tokenises nothing: every essay is in the store
+    monkeypatch.setattr(ngram_counts.CountVectorizer, "fit_transform", lambda *a: pytest.fail("tokenised again"))
+    again, _ = ngram_counts.cached_counts(v_texts + texts[:10], member.vectorisers()[0], tmp_path)
+    assert again.shape[0] == len(v_texts) + 10

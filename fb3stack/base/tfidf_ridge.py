@@ -20,10 +20,11 @@ import joblib
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.feature_extraction.text import CountVectorizer, TfidfVectorizer
 from sklearn.linear_model import Ridge
 
 from fb3stack.base.member import FoldResult, Member, MemberConfig
+from fb3stack.base.ngram_counts import analyser_params, cached_counts, fit_from_counts, transform_from_counts
 from fb3stack.constants import SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,7 @@ class TfidfRidgeMember(Member):
     def fit_fold(self, train: pd.DataFrame, valid: pd.DataFrame, fold: int, fold_dir: Path) -> FoldResult:
         c = self.config
         vecs = self.vectorisers()
-        texts = train[TEXT_COL].tolist()
-        x = sp.hstack([v.fit_transform(texts) for v in vecs]).tocsr()
+        x, x_valid = self._fit_vectorisers(vecs, train[TEXT_COL].tolist(), valid[TEXT_COL].tolist())
         y = train[list(TARGETS)].to_numpy()
         info: dict = {}
         if c.alphas is not None:
@@ -89,7 +89,23 @@ class TfidfRidgeMember(Member):
             models = [Ridge(alpha=c.alpha).fit(x, y)]
         bundle = {"vectorisers": vecs, "ridges": models}
         joblib.dump(bundle, fold_dir / MODEL_FILE)
-        return FoldResult(self._apply(bundle, valid), info={"n_features": int(x.shape[1]), **info})
+        preds = _ridge_predict(models, x_valid)
+        return FoldResult(preds, info={"n_features": int(x.shape[1]), **info})
+
+    def _fit_vectorisers(self, vecs: list[TfidfVectorizer], train: list[str],
+                         valid: list[str]) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """Fit on `train` only; TF-IDF matrices of train and valid. With a workspace, from cached n-gram
+        counts (each essay tokenised once for all folds and later runs), else from the texts."""
+        xs, xv = [], []
+        for v in vecs:
+            if self.workspace is None:
+                xs.append(v.fit_transform(train))
+                xv.append(v.transform(valid))
+                continue
+            counts, vocab = cached_counts(train + valid, v, self.workspace.cache_dir("ngrams"))
+            xs.append(fit_from_counts(v, counts[:len(train)], vocab))
+            xv.append(transform_from_counts(v, counts[len(train):], vocab))
+        return sp.hstack(xs).tocsr(), sp.hstack(xv).tocsr()
 
     @staticmethod
     def _apply(bundle: dict, df: pd.DataFrame) -> np.ndarray:
@@ -120,27 +136,10 @@ def _ridge_predict(ridges: list[Ridge], x: sp.csr_matrix) -> np.ndarray:
 def shared_transform(vecs: list[TfidfVectorizer], texts: list[str]) -> list[sp.csr_matrix]:
     """`[v.transform(texts) for v in vecs]` with the texts tokenised once (the vectorisers must share their
     analyser settings, as one member's fold vectorisers do)."""
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.preprocessing import normalize
-
-    params = {k: v for k, v in vecs[0].get_params().items() if k in CountVectorizer().get_params()}
-    for v in vecs[1:]:
-        other = {k: val for k, val in v.get_params().items() if k in params}
-        if other != params:
-            raise ValueError("shared_transform needs vectorisers with the same analyser settings")
+    params = analyser_params(vecs[0])
+    if any(analyser_params(v) != params for v in vecs[1:]):
+        raise ValueError("shared_transform needs vectorisers with the same analyser settings")
     union = sorted(set().union(*(v.vocabulary_ for v in vecs)))
     column = {term: i for i, term in enumerate(union)}
-    counts = CountVectorizer(**{**params, "vocabulary": column, "max_features": None, "min_df": 1,
-                                "max_df": 1.0}).transform(texts).tocsc()
-    out = []
-    for v in vecs:
-        terms = sorted(v.vocabulary_, key=v.vocabulary_.get)  # the fold's column order
-        x = counts[:, [column[t] for t in terms]].tocsr().astype(np.float64)
-        if v.sublinear_tf:
-            x.data = np.log(x.data) + 1.0
-        if v.use_idf:
-            x = x @ sp.diags(v.idf_)
-        if v.norm:
-            x = normalize(x, norm=v.norm, copy=False)
-        out.append(x.astype(v.dtype).tocsr())
-    return out
+    counts = CountVectorizer(**params, vocabulary=column, dtype=np.int32).transform(texts)
+    return [transform_from_counts(v, counts, column) for v in vecs]
