@@ -262,3 +262,21 @@ def test_tfidf_from_cached_counts_equals_fitting_on_texts(prep, tmp_path: Path, 
     monkeypatch.setattr(ngram_counts.CountVectorizer, "fit_transform", lambda *a: pytest.fail("tokenised again"))
     again, _ = ngram_counts.cached_counts(v_texts + texts[:10], member.vectorisers()[0], tmp_path)
     assert again.shape[0] == len(v_texts) + 10
+
+
+def test_without_cache_members_sharing_a_backbone_embed_a_test_set_once(monkeypatch: pytest.MonkeyPatch,
+                                                                        prep) -> None:  # noqa: ANN001
+    """At predict time there is no workspace cache: the SVR and ridge heads on one backbone still share a pass."""
+    monkeypatch.setattr(embeddings, "_RECENT", {})
+    calls: list[int] = []
+    encode = embeddings._encode
+    monkeypatch.setattr(embeddings, "_encode", lambda path, texts, *a: (calls.append(len(texts)),
+                                                                         encode(path, texts, *a))[1])
+    texts = prep.train[TEXT_COL].tolist()[:12]
+    first = embeddings.embed_texts(texts, [MINILM], 32)
+    first[:] = 0.0  # a caller writing into its array must not change what the next caller gets
+    again = embeddings.embed_texts(texts, [MINILM], 32)
+    assert calls == [12] and np.abs(again).sum() > 0
+    embeddings.embed_texts(texts[:6], [MINILM], 32)
+    embeddings.embed_texts(texts, [MINILM], 32, chunking="windows")
+    assert calls == [12, 6, 12]

@@ -36,6 +36,8 @@ STORE_FILE = "store.npz"
 # bump when _encode computes different numbers for the same settings (v2: weights cast to bf16 instead of
 # autocast, chunks pooled token-weighted), so older stores are never read as if current
 ENCODER_VERSION = "e2"
+_RECENT: dict[tuple, np.ndarray] = {}  # in-memory results when there is no cache folder, oldest first
+_RECENT_MAX = 4
 _IDENTITY_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt")
 
 
@@ -192,7 +194,15 @@ def _embed_one(texts: list[str], spec: str, max_len: int, pooler: Pooler, cache_
                batch_size: int, num_threads: int, precision: str, chunking: Chunking) -> np.ndarray:
     path = resolve_backbone_path(spec)
     if cache_dir is None:
-        return _encode(path, texts, max_len, pooler, batch_size, num_threads, precision, chunking)
+        # no workspace (predicting from a bundle or a workspace's saved folds): remember the last few results
+        # in memory, so members sharing a backbone and settings (SVR and ridge heads) embed a test set once
+        key = (backbone_identity(spec), ENCODER_VERSION, max_len, chunking, pooler, precision,
+               hashlib.sha256("\0".join(text_keys(texts)).encode()).hexdigest())
+        if key not in _RECENT:
+            _RECENT[key] = _encode(path, texts, max_len, pooler, batch_size, num_threads, precision, chunking)
+            while len(_RECENT) > _RECENT_MAX:
+                _RECENT.pop(next(iter(_RECENT)))
+        return _RECENT[key].copy()
     store = store_dir(cache_dir, spec, max_len, pooler, precision, chunking)
     keys = text_keys(texts)
     known_keys, known = _read_store(store / STORE_FILE, keys.dtype)
