@@ -16,6 +16,7 @@ with the machine, the 1-minute load average at the start and end of the phase (o
 cores slow everything down), each member's OOF MCRMSE, the chosen blend and its nested MCRMSE.
 
     python benchmarks/bench_cpu_zoo.py [--zoo configs/zoo/cpu.yaml] [--data-dir ../shared/data/fb3] [--threads 2]
+    python benchmarks/bench_cpu_zoo.py --trained WORKSPACE    # predict + bundle only, with trained models
 """
 
 from __future__ import annotations
@@ -112,6 +113,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--n-predict", type=int, default=N_PREDICT)
     p.add_argument("--keep", action="store_true", help="keep the workspaces (printed) instead of deleting")
+    p.add_argument("--trained", type=Path, default=None,
+                   help="an already trained workspace: measure only predict and bundle with it (after a code change "
+                        "that touches only prediction)")
     args = p.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="bench_cpu_zoo_"))
@@ -141,10 +145,15 @@ def main() -> None:
         return save_csv([{**machine, **r} for r in rows], csv_name)
 
     try:
-        phase("cold", ["run", str(args.zoo), *data, "--workspace", str(cold)], cold)
-        save()
-        phase("rerun", ["run", str(args.zoo), *data, "--workspace", str(cold)], cold)
-        save()
+        if args.trained is not None:
+            cold = args.trained.resolve()
+            rows.append({"phase": "trained", "seconds": float("nan"), "workspace": str(cold),
+                         **{f"oof_{k}": v for k, v in member_scores(cold).items()}, **blend_score(cold)})
+        else:
+            phase("cold", ["run", str(args.zoo), *data, "--workspace", str(cold)], cold)
+            save()
+            phase("rerun", ["run", str(args.zoo), *data, "--workspace", str(cold)], cold)
+            save()
         test = make_test_file(args.data_dir, root / "test2500.csv", args.n_predict)
         phase("predict", ["predict", "--workspace", str(cold), "--test", str(test), "--out",
                           str(root / "sub2500.csv"), "--cache", str(root / "predcache")], n_essays=args.n_predict)
@@ -157,10 +166,11 @@ def main() -> None:
                      "load_1min_end": round(load_average(), 2), "bundle_mb": round(total / 2**20, 1),
                      "bundle_duplicate_mb": round(dup / 2**20, 2)})
         print(f"bundle: {total / 2**20:.1f} MB, duplicated {dup / 2**20:.2f} MB", flush=True)
-        save()
-        shutil.copytree(cold / "cache", warm / "cache")
-        phase("warm", ["run", str(args.zoo), *data, "--workspace", str(warm)], warm)
         out = save()
+        if args.trained is None:
+            shutil.copytree(cold / "cache", warm / "cache")
+            phase("warm", ["run", str(args.zoo), *data, "--workspace", str(warm)], warm)
+            out = save()
     finally:
         if args.keep:
             print(f"workspaces kept under {root}")
@@ -170,6 +180,10 @@ def main() -> None:
     df = pd.DataFrame(rows)
     print(df[[c for c in cols if c in df.columns]].to_string(index=False))
     by = {r["phase"]: r for r in rows}
+    if args.trained is not None:
+        print(f"predict {args.n_predict} essays {by['predict']['seconds']:.0f} s (target 120); bundle "
+              f"{by['bundle']['bundle_mb']} MB, {by['bundle']['bundle_duplicate_mb']} MB stored twice -> {out}")
+        return
     print("members:", {k[4:]: v for k, v in by["cold"].items() if k.startswith("oof_")})
     print(f"blend {by['cold'].get('blend_method')} nested {by['cold'].get('blend_nested')} (target 0.490); "
           f"cold {by['cold']['seconds']:.0f} s (target 720); rerun {by['rerun']['seconds']:.0f} s, "
