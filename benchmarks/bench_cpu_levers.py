@@ -9,7 +9,8 @@ Prints, and saves to benchmarks/results/cpu_levers.csv (with the machine and loa
 The head+tail embeddings come from the workspace's embedding cache (computed there on first use: about 1.4x
 the cost of the 512-token pass).
 
-    python benchmarks/bench_cpu_levers.py --workspace WS [--data-dir ../shared/data/fb3]
+    python benchmarks/bench_cpu_levers.py --workspace WS [--data-dir ../shared/data/fb3] \
+        [--members embed-svr-minilm embed-ridge-minilm tfidf-ridge features-lgbm]
 """
 
 from __future__ import annotations
@@ -56,10 +57,12 @@ def main() -> None:
     p.add_argument("--workspace", type=Path, required=True)
     p.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data" / "fb3")
     p.add_argument("--blend", type=Path, default=REPO / "configs" / "blends" / "default.yaml")
+    p.add_argument("--members", nargs="+", default=None, help="blend these workspace members instead")
     args = p.parse_args()
 
     ws = Workspace.at(args.workspace)
     cfg = load_blend_config(args.blend)
+    cfg.members = args.members or cfg.members
     labels = workspace_label_ids(ws, load_train(args.data_dir / "train.csv"))
     members = load_members(cfg.members, labels, ws, None)
     names = [m.name for m in members]
