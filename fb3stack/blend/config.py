@@ -71,6 +71,8 @@ class BlendConfig:
     # workspace member names, OOF file paths (relative to the YAML or the current folder) or glob patterns
     members: list[str] = field(default_factory=list)
     methods: list[MethodSpec] = field(default_factory=default_methods)
+    # appended to `methods`, so a YAML can add a method (e.g. the LightGBM stacker) and keep the default list
+    extra_methods: list[MethodSpec] = field(default_factory=list)
     outer: OuterConfig = field(default_factory=OuterConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     meta_features: list[str] = field(default_factory=list)  # n_words, n_chars, n_paragraphs, n_sentences
@@ -82,6 +84,7 @@ class BlendConfig:
     source: str | None = None  # the YAML this was read from; set by load_blend_config
 
     def __post_init__(self) -> None:
+        self.methods, self.extra_methods = [*self.methods, *self.extra_methods], []
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"method names must be unique, got {names}")

@@ -43,13 +43,13 @@ EXTRA_WHEELS = ("iterative-stratification", "textstat", "pyphen", "pyspellchecke
 
 def backbone_folders(config: dict) -> dict[str, Path]:
     """Config values that name a local model folder (a path or a `pkg:` spec) → the folder."""
-    from fb3stack.base.backbones import resolve_backbone_path
+    from fb3stack.base.backbones import is_backbone_spec, resolve_backbone_path
 
     found: dict[str, Path] = {}
     values = [v for v in config.values() if isinstance(v, str)]
     values += [x for v in config.values() if isinstance(v, list) for x in v if isinstance(x, str)]
     for value in values:
-        if value.startswith("pkg:") or (os.sep in value and Path(value).is_dir()):
+        if is_backbone_spec(value) or (os.sep in value and Path(value).is_dir()):
             path = Path(resolve_backbone_path(value))
             if (path / "config.json").is_file():
                 found[value] = path
