@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_info, save_csv  # noqa: E402
 
 KAGGLE_IMAGE = ("torch", "transformers", "scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "pyarrow",
-                "tokenizers", "safetensors", "sentencepiece", "protobuf", "pyyaml", "tqdm", "nltk", "matplotlib", "rich")
+                "tokenizers", "safetensors", "sentencepiece", "protobuf", "pyyaml", "tqdm", "nltk", "matplotlib",
+                "rich")
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PIP_NO_INDEX": "1", "HTTP_PROXY": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
            "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "TQDM_DISABLE": "1"}
