@@ -72,7 +72,7 @@ def build_hub_like_deberta_v3(folder: Path, texts: pd.Series | list[str], weight
     spm.SentencePieceTrainer.train(sentence_iterator=iter(list(texts)), model_writer=buf, vocab_size=spm_vocab,
                                    model_type="unigram", pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]",
                                    bos_piece="[CLS]", eos_piece="[SEP]", unk_piece="[UNK]",
-                                   normalization_rule_name="nmt_nfkc", minloglevel=2)
+                                   normalization_rule_name="nmt_nfkc", hard_vocab_limit=False, minloglevel=2)
     (folder / "spm.model").write_bytes(buf.getvalue())
     torch.manual_seed(0)
     model = DebertaV2Model(DebertaV2Config(**V3_TINY))
