@@ -146,12 +146,14 @@ def blend_status(root: Path, check: Check, members: list[dict[str, Any]], data_d
     for blend_dir in sorted(p for p in blends.iterdir() if (p / "spec.json").is_file()):
         spec = read_json(blend_dir / "spec.json")
         reasons = _blend_stale_reasons(root, blend_dir, check, data_dir)
-        stale_members = [m["member"] for m in members if m["member"] in spec.get("members", [])
-                         and m["state"] not in ("done", "extra")]
-        reasons += [f"member {n} is not up to date" for n in stale_members]
+        mine = [m for m in members if m["member"] in spec.get("members", [])]
+        reasons += [f"member {m['member']} is not up to date" for m in mine if m["state"] not in ("done", "extra",
+                                                                                                  "unknown")]
+        # without the data nothing can be compared: say unknown, not stale
+        unknown = any(r.startswith("cannot be rebuilt") for r in reasons) or any(m["state"] == "unknown" for m in mine)
+        state = "stale" if reasons and not unknown else "unknown" if unknown else "fresh"
         rows.append({"blend": blend_dir.name, "method": spec.get("method"), "nested_mcrmse": spec.get("nested_mcrmse"),
-                     "members": spec.get("members", []), "state": "stale" if reasons else "fresh",
-                     "reasons": reasons})
+                     "members": spec.get("members", []), "state": state, "reasons": reasons})
     return rows
 
 
@@ -201,12 +203,14 @@ def prediction_status(root: Path, check: Check, data_dir: str | os.PathLike | No
             current = None
     rows = []
     for folder in sorted(p for p in cache.iterdir() if p.is_dir()):
-        for f in sorted(folder.glob("*.npy")):
-            oof = root / "models" / f.stem / "oof.parquet"
-            older = oof.is_file() and f.stat().st_mtime < oof.stat().st_mtime
-            rows.append({"test_hash": folder.name, "member": f.stem,
+        # predictions/<test hash>/<member>-<content hash>.npz: keyed by the exact model that made them
+        for f in sorted(folder.glob("*.npz")):
+            member, _, content = f.stem.rpartition("-")
+            current_model = str((read_manifest(root / "models" / member) or {}).get("content_hash", ""))
+            rows.append({"test_hash": folder.name, "member": member,
                          "current_test": None if current is None else folder.name == current,
-                         "state": "older than its model" if older else "ok", "bytes": f.stat().st_size})
+                         "state": "ok" if current_model.startswith(content) else "for another model (unused)",
+                         "bytes": f.stat().st_size})
     return rows
 
 

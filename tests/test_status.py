@@ -88,3 +88,21 @@ def test_status_of_a_missing_workspace_is_an_error(tmp_path, capsys):
     assert main(["status", "--workspace", str(tmp_path / "nope")]) == 2
     assert "no such workspace" in capsys.readouterr().err
     assert not (tmp_path / "nope").exists()
+
+
+def test_status_lists_cached_predictions_by_model_and_says_unknown_without_data(zoo, fb3_dir, tmp_path, monkeypatch):
+    ws = zoo.parent / "ws"
+    out = tmp_path / "sub.csv"
+    assert main(["predict", "--workspace", str(ws), "--blend", "b", "--test", str(fb3_dir / "test.csv"),
+                 "--out", str(out)]) == 0
+    preds = collect(ws, data_dir=fb3_dir)["predictions"]
+    assert sorted(p["member"] for p in preds) == ["len", "len2"] and {p["state"] for p in preds} == {"ok"}
+    # retrain len: its cached test predictions belong to the old model and are reported as unused
+    (zoo.parent / "len.yaml").write_text("name: len\nkind: length-ridge\nalpha: 3.0\n")
+    assert main(["train", str(zoo), "--data-dir", str(fb3_dir)]) == 0
+    states = {p["member"]: p["state"] for p in collect(ws, data_dir=fb3_dir)["predictions"]}
+    assert states == {"len": "for another model (unused)", "len2": "ok"}
+    # no data at hand: the blend cannot be compared, so its state is unknown, not stale
+    monkeypatch.delenv("FB3STACK_DATA", raising=False)
+    blend = by_name(collect(ws, data_dir=tmp_path / "nowhere"), "blends", "blend")["b"]
+    assert blend["state"] == "unknown"

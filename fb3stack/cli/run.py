@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         prep = prepare(cfg, workspace=ws.root, loaded=(checked.data_dir, checked.train))
         log_path = log_to_workspace(ws, "run")
+        cfg.data.data_dir = str(checked.data_dir)  # recorded, so `status` and `report` find the data later
         save_resolved_config(ws, cfg)
         timings["data+folds"] = time.perf_counter() - t
 

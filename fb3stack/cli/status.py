@@ -13,7 +13,7 @@ from typing import Any
 from fb3stack.status import collect, human_bytes
 
 STYLE = {"done": "green", "fresh": "green", "ok": "green", "stale": "red", "missing": "yellow", "partial": "yellow",
-         "extra": "magenta", "unknown": "yellow", "older than its model": "red"}
+         "extra": "magenta", "unknown": "yellow", "for another model (unused)": "red"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
