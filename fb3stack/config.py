@@ -125,14 +125,13 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return _coerce(arg, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                pass  # the next type may fit; the error below names them all
         raise ConfigError(f"{where}: {value!r} matches none of {[_type_name(a) for a in args]}")
     if origin is Literal:
         if value not in args:

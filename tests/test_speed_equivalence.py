@@ -73,7 +73,12 @@ def test_cpu_threads_are_capped_at_physical_cores_never_raised():
         torch.set_num_threads(before)
 
 
-def test_cpu_stays_fp32_unless_bf16_is_asked_for():
+@pytest.mark.parametrize("fast_bf16", [True, False])
+def test_cpu_stays_fp32_unless_bf16_is_asked_for(monkeypatch, fast_bf16):
+    from fb3stack.base.transformer import engine
+
+    monkeypatch.setattr(engine, "cpu_bf16_supported", lambda: fast_bf16)
     cpu = torch.device("cpu")
     assert pick_amp("auto", cpu) is None and pick_amp("fp16", cpu) is None and pick_amp("none", cpu) is None
-    assert pick_amp("bf16", cpu) in (torch.bfloat16, None)  # None where the CPU has no fast bf16
+    # bf16 only when asked for and the CPU has it natively; otherwise fp32 with a warning
+    assert pick_amp("bf16", cpu) == (torch.bfloat16 if fast_bf16 else None)

@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 
 from fb3stack.base.backbones import resolve_backbone_path
-from fb3stack.io import load_npz_checked, read_json, save_npz_checked, write_json
+from fb3stack.io import load_npz_checked, save_npz_checked, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +235,3 @@ def embed_texts(texts: list[str], backbones: list[str], max_len: int = 512, pool
     parts = [_embed_one(list(texts), b, max_len, pooler, Path(cache_dir) if cache_dir else None, batch_size,
                         num_threads, prec, chunking) for b in backbones]
     return np.concatenate(parts, axis=1).astype(np.float32)
-
-
-def store_info(store: Path) -> dict:
-    return read_json(store / "meta.json")

@@ -35,10 +35,6 @@ def as_stack(X: MemberPreds) -> np.ndarray:
     return P
 
 
-def _rmse(y: np.ndarray, p: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((y - p) ** 2)))
-
-
 class Blender(BaseEstimator):
     """Shared fit checks, and predict = the method's raw prediction clipped to [SCORE_MIN, SCORE_MAX]."""
 
