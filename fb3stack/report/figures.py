@@ -178,6 +178,15 @@ def _trait_grid(height: float = 6.4) -> tuple[Figure, np.ndarray]:
     return fig, np.asarray(fig.subplots(2, 3, sharey=True)).ravel()
 
 
+def _finish_trait_grid(fig: Figure, axes: np.ndarray, ylabel: str, title: str, legend_loc: str = "best") -> Figure:
+    """The y label on the left column, the legend in the first panel, one title over the 2 x 3 grid."""
+    for ax in (axes[0], axes[3]):
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize=8, loc=legend_loc)
+    fig.suptitle(title, fontsize=11)
+    return fig
+
+
 def residuals_vs_truth(pred: pd.DataFrame, y: pd.DataFrame, who: str) -> Figure | None:
     ids = pred.index.intersection(y.index)
     if not len(ids):
@@ -201,11 +210,8 @@ def residuals_vs_truth(pred: pd.DataFrame, y: pd.DataFrame, who: str) -> Figure 
         ax.set_xlim(SCORE_MIN - 0.4, SCORE_MAX + 0.4)
         ax.set_title(t, fontsize=10)
         ax.set_xlabel("true score")
-    axes[0].set_ylabel("predicted − true")
-    axes[3].set_ylabel("predicted − true")
-    axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"Residual against the true score: {who}  (small grey numbers: essays per score)", fontsize=11)
-    return fig
+    return _finish_trait_grid(fig, axes, "predicted − true", f"Residual against the true score: {who}  "
+                              "(small grey numbers: essays per score)", "lower left")
 
 
 def residuals_vs_length(pred: pd.DataFrame, y: pd.DataFrame, words: pd.Series, who: str) -> Figure | None:
@@ -228,11 +234,7 @@ def residuals_vs_length(pred: pd.DataFrame, y: pd.DataFrame, words: pd.Series, w
         ax.set_xscale("log")
         ax.set_title(t, fontsize=10)
         ax.set_xlabel("essay length (words, log scale)")
-    axes[0].set_ylabel("predicted − true")
-    axes[3].set_ylabel("predicted − true")
-    axes[0].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"Residual against essay length: {who}", fontsize=11)
-    return fig
+    return _finish_trait_grid(fig, axes, "predicted − true", f"Residual against essay length: {who}", "lower left")
 
 
 def distributions(pred: pd.DataFrame, y: pd.DataFrame, who: str) -> Figure | None:
@@ -251,11 +253,7 @@ def distributions(pred: pd.DataFrame, y: pd.DataFrame, who: str) -> Figure | Non
                 color=ORANGE, label="predicted")
         ax.set_title(f"{t}: sd true {true.std():.2f}, predicted {p.std():.2f}", fontsize=10)
         ax.set_xlabel("score")
-    axes[0].set_ylabel("density")
-    axes[3].set_ylabel("density")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Predicted vs true score distributions: {who}", fontsize=11)
-    return fig
+    return _finish_trait_grid(fig, axes, "density", f"Predicted vs true score distributions: {who}")
 
 
 CURVES = [("train_loss", "training loss"), ("valid_mcrmse", "validation MCRMSE"), ("lr", "learning rate")]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from fb3stack.base.backbones import is_backbone_spec, resolve_backbone_path
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.known import KNOWN_CONFIGS
 from fb3stack.config import ConfigError
@@ -21,17 +21,14 @@ _DROPOUT_KEYS = {"hidden": ("hidden_dropout_prob", "dropout"), "attention": ("at
 
 
 def resolve_backbone(spec: str) -> str:
-    """`pkg:<module>/<subdir>` -> the folder inside that installed package; anything else unchanged."""
-    if not spec.startswith("pkg:"):
+    """`pkg:` / `pkgparts:` specs -> the model folder (fb3stack.base.backbones, the one resolver of package
+    specs); a local folder or hub name is returned unchanged for `from_pretrained`."""
+    if not is_backbone_spec(spec):
         return spec
-    module, _, sub = spec[4:].partition("/")
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise ConfigError(f"backbone {spec!r}: package {module!r} is not installed (pip install it)")
-    path = Path(next(iter(found.submodule_search_locations))) / sub
-    if not path.is_dir():
-        raise ConfigError(f"backbone {spec!r}: {path} does not exist")
-    return str(path)
+    try:
+        return resolve_backbone_path(spec)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from err
 
 
 def backbone_config(cfg: TransformerConfig, source: str | Path) -> PretrainedConfig:
