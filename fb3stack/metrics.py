@@ -1,4 +1,9 @@
-"""The one implementation of the competition metric: MCRMSE = mean over traits of the per-trait RMSE."""
+"""The one implementation of the competition metric: MCRMSE = mean over traits of the per-trait RMSE.
+
+`rmse_per_trait` / `mcrmse` check their inputs and score one prediction; `rmse_stack` / `mcrmse_stack` score
+a stack of candidate predictions at once, unchecked, for the blenders' inner loops (hill climbing and member
+selection score every member at every step).
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,23 @@ def rmse_per_trait(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
         raise ValueError(f"shape mismatch: y_true {t.shape} vs y_pred {p.shape}")
     if len(t) == 0:
         raise ValueError("cannot score zero rows")
-    return np.sqrt(np.mean((t - p) ** 2, axis=0))
+    return _rmse(t - p, axis=0)
+
+
+def _rmse(err: np.ndarray, axis: int) -> np.ndarray:
+    return np.sqrt(np.mean(err ** 2, axis=axis))
+
+
+def rmse_stack(y_true: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """RMSE of each of k predictions at once: `preds` (k, n, ...) against `y_true` (n, ...) -> (k, ...).
+
+    No checks and no copies beyond the error array: the callers' shapes are fixed by construction."""
+    return _rmse(preds - y_true[None], axis=1)
+
+
+def mcrmse_stack(y_true: np.ndarray, preds: np.ndarray) -> np.ndarray:
+    """MCRMSE of each of k predictions at once: `preds` (k, n, n_traits) against `y_true` (n, n_traits) -> (k,)."""
+    return rmse_stack(y_true, preds).mean(axis=1)
 
 
 def mcrmse(y_true: np.ndarray, y_pred: np.ndarray) -> float:

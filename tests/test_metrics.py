@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from fb3stack.metrics import mcrmse, rmse_per_trait, score_report
+from fb3stack.metrics import mcrmse, mcrmse_stack, rmse_per_trait, rmse_stack, score_report
 
 
 def test_mcrmse_matches_hand_computation():
@@ -30,3 +30,18 @@ def test_mean_predictor_on_real_train(real_train_df):
 def test_shape_mismatch_is_refused():
     with pytest.raises(ValueError, match="shape mismatch"):
         mcrmse(np.zeros((3, 6)), np.zeros((3, 5)))
+
+
+def test_stacked_scores_are_the_single_scores_bit_for_bit():
+    # the blenders' inner loops use the stacked form; a blend must not change with which form scored it
+    rng = np.random.default_rng(0)
+    y = rng.uniform(1, 5, size=(501, 6))
+    preds = y[None] + rng.normal(0, 0.5, size=(4, 501, 6))
+    per = rmse_stack(y, preds)
+    assert per.shape == (4, 6)
+    for k in range(4):
+        np.testing.assert_array_equal(per[k], rmse_per_trait(y, preds[k]))
+        assert mcrmse_stack(y, preds)[k] == mcrmse(y, preds[k])
+    # one target column, (k, n) against (n,): the same numbers up to summation order (a contiguous axis is
+    # summed pairwise by numpy)
+    np.testing.assert_allclose(rmse_stack(y[:, 2], preds[:, :, 2]), per[:, 2], rtol=1e-14)

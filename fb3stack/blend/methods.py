@@ -19,6 +19,7 @@ from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import KFold
 
 from fb3stack.constants import SCORE_MAX, SCORE_MIN
+from fb3stack.metrics import rmse_stack
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ class HillClimb(WeightBlender):
 
     def _climb(self, Pt: np.ndarray, yt: np.ndarray) -> np.ndarray:
         m = len(Pt)
-        err = np.sqrt(np.mean((Pt - yt) ** 2, axis=1))
+        err = rmse_stack(yt, Pt)
         best = int(np.argmin(err))
         w, cur, cur_err, count = np.eye(m)[best], Pt[best].copy(), float(err[best]), 1
         for _ in range(self.n_iter):
@@ -211,7 +212,7 @@ class HillClimb(WeightBlender):
             if self.allow_negative:
                 steps += [-0.05, -0.1, -0.2]
             trial = [(s, (1 - s) * cur[None] + s * Pt) for s in steps]
-            scores = [(np.sqrt(np.mean((c - yt) ** 2, axis=1)), s, c) for s, c in trial]
+            scores = [(rmse_stack(yt, c), s, c) for s, c in trial]
             s_err, step, cand = min(scores, key=lambda x: x[0].min())
             j = int(np.argmin(s_err))
             if s_err[j] > cur_err - self.tol:

@@ -10,16 +10,12 @@ import numpy as np
 from sklearn.base import clone
 
 from fb3stack.blend.methods import Blender, MeanBlend, WeightBlender
-
-
-def single_rmse(P: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """MCRMSE of each member alone, shape (m,)."""
-    return np.sqrt(np.mean((P - y[None]) ** 2, axis=1)).mean(axis=1)
+from fb3stack.metrics import mcrmse_stack
 
 
 def prune_near_duplicates(P: np.ndarray, y: np.ndarray, threshold: float) -> list[int]:
     """Keep members best-first, dropping any whose mean per-trait correlation with a kept one exceeds threshold."""
-    order = np.argsort(single_rmse(P, y), kind="stable")
+    order = np.argsort(mcrmse_stack(y, P), kind="stable")
     Z = (P - P.mean(axis=1, keepdims=True)) / (P.std(axis=1, keepdims=True) + 1e-12)
     kept: list[int] = []
     for j in order:
@@ -38,7 +34,7 @@ def forward_select(P: np.ndarray, y: np.ndarray, candidates: list[int] | None = 
     best = np.inf
     while pool and (max_members is None or len(chosen) < max_members):
         k = len(chosen) + 1
-        scores = [np.sqrt(np.mean(((total + P[j]) / k - y) ** 2, axis=0)).mean() for j in pool]
+        scores = mcrmse_stack(y, (total[None] + P[pool]) / k)  # each candidate's mean with the chosen ones
         i = int(np.argmin(scores))
         if scores[i] > best - min_gain:
             break
