@@ -149,12 +149,28 @@ def test_every_method_clones_accepts_lists_and_clips(kind):
     y = np.clip(P.mean(axis=0), 1, 5)
     est = make_method(kind, {"n_estimators": 20} if kind == "lgbm" else {})
     model = clone(est).fit(list(P), y)
-    assert clone(est).get_params() == est.get_params()
     pred = model.predict(list(P))
     assert pred.shape == (300, 6) and pred.min() >= 1.0 and pred.max() <= 5.0
+    # a clone is the same blender: refitted (on the array form this time) it predicts exactly the same
+    np.testing.assert_array_equal(clone(model).fit(P, y).predict(P), pred)
     assert not hasattr(est, "n_members_")  # fitted state lives on the fitted copy only
     with pytest.raises(ValueError, match="fitted on 4 members"):
         model.predict(P[:3])
+
+
+@pytest.mark.parametrize("kind, params", [("scipy", {"shrink": 100.0}), ("nnls", {"normalize": True}),
+                                          ("hillclimb", {"n_iter": 0}), ("ridge", {"alpha": 1e6}),
+                                          ("lgbm", {"n_estimators": 1})])
+def test_set_params_changes_what_is_fitted(kind, params):
+    # set_params is how scikit-learn's search tools (GridSearchCV, through the 2-D adapter) tune a blender
+    P = members(n=300)
+    y = 0.9 * target(P, np.array([0.7, 0.3, 0.0, 0.0])) + 0.2  # weights not summing to 1: normalize matters
+    est = make_method(kind, {"n_estimators": 20} if kind == "lgbm" else {})
+    tuned = clone(est).set_params(**params)
+    assert tuned.get_params() == {**est.get_params(), **params}
+    pred = tuned.fit(P, y).predict(P)
+    assert not np.allclose(pred, clone(est).fit(P, y).predict(P))
+    np.testing.assert_array_equal(clone(tuned).fit(P, y).predict(P), pred)  # a clone keeps the changed value
 
 
 def test_unknown_method_and_bad_params_are_refused():
