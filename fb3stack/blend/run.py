@@ -35,6 +35,7 @@ from fb3stack.data import fingerprint, load_train, resolve_data_dir
 from fb3stack.folds import read_folds
 from fb3stack.io import atomic_dir, sha256_json, write_csv, write_json, write_parquet, write_text, write_yaml
 from fb3stack.metrics import rmse_per_trait
+from fb3stack.report.markdown import markdown_table
 from fb3stack.workspace import Workspace, seal_folder, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -159,16 +160,15 @@ def honest_note(table: pd.DataFrame, chosen: str) -> str:
 
 def to_markdown(table: pd.DataFrame, chosen: str, outer_desc: str) -> str:
     cols = ["name", "kind", "in_sample", "nested", "nested_std", *[f"nested_{t}" for t in TARGETS], "seconds"]
-    head = "| " + " | ".join(c.replace("nested_", "") if c.startswith("nested_") and c != "nested_std" else c
-                             for c in cols) + " |"
-    lines = [f"Nested CV over {outer_desc}; chosen method: **{chosen}** (lowest nested MCRMSE).",
-             honest_note(table, chosen), "", head, "|" + "---|" * len(cols)]
+    head = [c.replace("nested_", "") if c.startswith("nested_") and c != "nested_std" else c for c in cols]
+    rows = []
     for _, r in table.iterrows():
         cells = [f"{r[c]:.5f}" if isinstance(r[c], float) and c != "seconds" else f"{r[c]}" for c in cols]
         if r["name"] == chosen:
             cells[0] = f"**{cells[0]}**"
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return "\n".join([f"Nested CV over {outer_desc}; chosen method: **{chosen}** (lowest nested MCRMSE).",
+                      honest_note(table, chosen), "", markdown_table(head, rows)]) + "\n"
 
 
 def weights_spec(model: Blender, names: list[str]) -> dict | None:

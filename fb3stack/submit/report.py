@@ -13,6 +13,7 @@ import pandas as pd
 from fb3stack.constants import TARGETS
 from fb3stack.io import read_json, write_json, write_text
 from fb3stack.report.gather import TIMINGS_FILE, gather, headline
+from fb3stack.report.markdown import markdown_table
 from fb3stack.workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -32,13 +33,10 @@ def member_table(ws: Workspace, names: list[str] | None = None) -> pd.DataFrame:
 
 
 def _markdown(df: pd.DataFrame) -> str:
+    """Scores to 4 decimals, seconds (`*_s` columns) to 1."""
     cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in df.iterrows():
-        cells = [(f"{v:.1f}" if c.endswith("_s") else f"{v:.4f}") if isinstance(v, float) else str(v)
-                 for c, v in zip(cols, row)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(cols, ([(f"{v:.1f}" if c.endswith("_s") else f"{v:.4f}") if isinstance(v, float) else v
+                                  for c, v in zip(cols, row)] for _, row in df.iterrows()))
 
 
 def write_report(ws: Workspace, blend_dir: Path | None, submission: Path | None, timings: dict[str, float],
