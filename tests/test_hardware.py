@@ -1,0 +1,43 @@
+"""The one CPU bf16 test: native bf16 instructions only, not oneDNN's emulation on plain AVX-512."""
+
+from __future__ import annotations
+
+import pytest
+
+from fb3stack import hardware
+from fb3stack.hardware import cpu_has_native_bf16, has_native_bf16, parse_cpuinfo_flags
+
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni\n"
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
+GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16 svebf16\n"
+
+
+@pytest.mark.parametrize("text, native", [(SKYLAKE, False), (ZEN4, True), (GRAVITON3, True), ("", False)])
+def test_native_only_with_bf16_instructions(text, native):
+    assert has_native_bf16(parse_cpuinfo_flags(text)) is native
+
+
+@pytest.fixture
+def uncached():
+    cpu_has_native_bf16.cache_clear()
+    yield
+    cpu_has_native_bf16.cache_clear()
+
+
+def test_torch_answers_first_then_cpuinfo_then_no(monkeypatch, uncached):
+    monkeypatch.setattr(hardware, "_torch_cpu_flags", lambda: frozenset({"avx512_f", "amx_bf16"}))
+    monkeypatch.setattr(hardware, "_proc_cpu_flags", lambda: parse_cpuinfo_flags(SKYLAKE))
+    assert cpu_has_native_bf16() is True
+    cpu_has_native_bf16.cache_clear()
+    monkeypatch.setattr(hardware, "_torch_cpu_flags", lambda: None)  # an older torch without get_capabilities
+    assert cpu_has_native_bf16() is False
+    cpu_has_native_bf16.cache_clear()
+    monkeypatch.setattr(hardware, "_proc_cpu_flags", lambda: None)  # no /proc either: fp32, the safe default
+    assert cpu_has_native_bf16() is False
+
+
+def test_torch_and_cpuinfo_agree_on_this_machine(uncached):
+    from_torch, from_proc = hardware._torch_cpu_flags(), hardware._proc_cpu_flags()
+    if not from_torch or not from_proc:
+        pytest.skip("needs torch.cpu.get_capabilities and /proc/cpuinfo")
+    assert has_native_bf16(from_torch) == has_native_bf16(from_proc) == cpu_has_native_bf16()
