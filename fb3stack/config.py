@@ -8,6 +8,7 @@ run folder, so every artefact carries the exact settings that made it.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
 import re
 import types
@@ -41,6 +42,47 @@ def load_yaml(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
     return data
+
+
+def config_dir(source: str | os.PathLike | None) -> Path | None:
+    """The folder of the YAML a config was read from (None for defaults or a config built in code)."""
+    return Path(source).parent if source else None
+
+
+def resolve_path(path: str | os.PathLike, base_dir: str | os.PathLike | None) -> Path:
+    """Where a file named in a YAML is: the one rule for every input path a config holds.
+
+    `~` is expanded and an absolute path is used as is. A relative path is looked up in the folder of the YAML
+    it is written in (`base_dir`, see `config_dir`) first, then in the current folder; when it is in neither,
+    the YAML-relative path is returned, so the error names where it was expected. YAML first, like a C
+    `#include "..."`, because a config then means the same files whichever folder it is run from (and when
+    `fb3stack status` re-reads it from the workspace); the current folder second, so paths given relative to it
+    (`--set members.0=my.yaml`, older configs) still work. `base_dir` None (defaults, inline configs built in
+    code): the current folder.
+
+    Member YAMLs, a zoo's blend YAML, OOF files and glob patterns (`glob_paths`), folds files (`folds.file`,
+    `outer.file`) follow it. Folders a command reads from or writes to as a whole, `workspace` and
+    `data_dir`, are relative to the current folder, like the `--workspace` / `--data-dir` options that
+    replace them (a workspace does not exist before the first run, so it could not be looked up); so is a
+    local `backbone` folder, a value that may as well be a hub name.
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute() or base_dir is None:
+        return p
+    beside = Path(base_dir) / p
+    return p if p.exists() and not beside.exists() else beside
+
+
+def glob_paths(pattern: str, base_dir: str | os.PathLike | None) -> list[Path]:
+    """Sorted matches of a glob pattern under `resolve_path`'s rule: the YAML's folder first, else the current
+    folder (the first of the two with any match)."""
+    p = Path(pattern).expanduser()
+    tries = [p] if p.is_absolute() or base_dir is None else [Path(base_dir) / p, p]
+    for t in tries:
+        hits = sorted(glob.glob(str(t)))
+        if hits:
+            return [Path(h) for h in hits]
+    return []
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fb3stack.base.member import MemberConfig
-from fb3stack.config import ConfigError, RunConfig, from_dict, load_yaml
+from fb3stack.config import ConfigError, RunConfig, config_dir, from_dict, load_yaml
 from fb3stack.constants import FOLD_COL, ID_COL, TEXT_COL
 from fb3stack.data import DataError
 from fb3stack.io import read_json, sha256_file
@@ -68,7 +68,8 @@ def current_state(root: Path, cfg: RunConfig | None, data_dir: str | os.PathLike
         check.problems.append("no folds.csv yet: nothing trained")
         return check
     try:
-        folds = ensure_folds(ws, train, cfg.folds)  # with both files present this only reads and compares
+        # with both files present this only reads and compares
+        folds = ensure_folds(ws, train, cfg.folds, base_dir=config_dir(cfg.source))
     except (StaleArtefactError, DataError) as err:
         check.problems.append(f"folds: {err}")
         return check
@@ -178,7 +179,7 @@ def _blend_stale_reasons(root: Path, blend_dir: Path, check: Check, data_dir: st
         cfg = from_dict(BlendConfig, raw, where=str(blend_dir / "config.yaml"))
         cfg.source = source
     ws = Workspace(root)
-    base_dir = Path(cfg.source).parent if cfg.source else None
+    base_dir = config_dir(cfg.source)
     try:
         labels = workspace_label_ids(ws, load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file))
         members = load_members(cfg.members, labels, ws, base_dir)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fb3stack.config import DataConfig, FoldsConfig, RunConfig
+from fb3stack.config import DataConfig, FoldsConfig, RunConfig, config_dir, resolve_path
 from fb3stack.constants import FOLD_COL, ID_COL
 from fb3stack.data import DataError, load_train, resolve_data_dir, subsample
 from fb3stack.data import fingerprint as data_fingerprint
@@ -201,20 +201,23 @@ def load_training_data(data: DataConfig, data_dir: str | os.PathLike | None = No
     return root, subsample(train, data.limit, data.limit_seed)
 
 
-def ensure_folds(ws: Workspace, train: pd.DataFrame, cfg: FoldsConfig, force: bool = False) -> pd.DataFrame:
+def ensure_folds(ws: Workspace, train: pd.DataFrame, cfg: FoldsConfig, force: bool = False,
+                 base_dir: Path | None = None) -> pd.DataFrame:
     """Make (or import) folds.csv once; afterwards reuse it, refusing silently different settings.
+
+    `cfg.file` is found by `fb3stack.config.resolve_path` against `base_dir`, the zoo YAML's folder.
 
     Changing the split after members were trained would make their OOFs incomparable, so a mismatch is an
     error unless `force` is given (which rewrites the folds; members then show up as stale and retrain).
     """
     data_hash = data_fingerprint(train)
-    source = str(Path(cfg.file).resolve()) if cfg.file else None
+    file = resolve_path(cfg.file, base_dir) if cfg.file else None
     wanted = {
         "data_hash": data_hash,
         "n_folds": cfg.n_folds,
         "seed": cfg.seed,
-        "source": source,
-        "source_hash": sha256_file(cfg.file) if cfg.file else None,
+        "source": str(file.resolve()) if file else None,
+        "source_hash": sha256_file(file) if file else None,
     }
     if ws.folds_path.exists() and ws.folds_meta_path.exists() and not force:
         meta = read_json(ws.folds_meta_path)
@@ -228,10 +231,10 @@ def ensure_folds(ws: Workspace, train: pd.DataFrame, cfg: FoldsConfig, force: bo
                 + ". Use a new workspace, or --force to rewrite the folds (every member then retrains)."
             )
         return read_folds(ws.folds_path, train)
-    if cfg.file:
-        folds = read_folds(cfg.file, train)
+    if file:
+        folds = read_folds(file, train)
         wanted["n_folds"], wanted["seed"] = int(folds[FOLD_COL].max()) + 1, None
-        logger.info("imported %d-fold split from %s", wanted["n_folds"], cfg.file)
+        logger.info("imported %d-fold split from %s", wanted["n_folds"], file)
     else:
         folds = make_folds(train, cfg.n_folds, cfg.seed)
         logger.info("made %d-fold MultilabelStratifiedKFold split (seed %d)", cfg.n_folds, cfg.seed)
@@ -248,7 +251,7 @@ def prepare(cfg: RunConfig, data_dir: str | os.PathLike | None = None, workspace
     """
     root, train = loaded if loaded is not None else load_training_data(cfg.data, data_dir)
     ws = Workspace.at(workspace or cfg.workspace)
-    folds = ensure_folds(ws, train, cfg.folds, force=force_folds)
+    folds = ensure_folds(ws, train, cfg.folds, force=force_folds, base_dir=config_dir(cfg.source))
     merged = train.merge(folds, on=ID_COL, how="left", validate="one_to_one")
     if merged[FOLD_COL].isna().any():
         raise DataError("some training ids have no fold", file=ws.folds_path, column=FOLD_COL)

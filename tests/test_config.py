@@ -4,7 +4,16 @@ from typing import Literal
 import pytest
 import yaml
 
-from fb3stack.config import ConfigError, apply_overrides, from_dict, load_run_config, to_dict
+from fb3stack.config import (
+    ConfigError,
+    apply_overrides,
+    config_dir,
+    from_dict,
+    glob_paths,
+    load_run_config,
+    resolve_path,
+    to_dict,
+)
 
 
 @dataclass
@@ -62,3 +71,41 @@ def test_run_config_file_overrides_and_member_overrides(tmp_path):
         load_run_config(path, ["folds.n_fold=3"])
     with pytest.raises(ConfigError, match="n_folds must be >= 2"):
         load_run_config(path, ["folds.n_folds=1"])
+
+
+@pytest.fixture
+def two_folders(tmp_path, monkeypatch):
+    """A config folder and a different current folder, with files in one, the other, or both."""
+    cfg_dir, cwd = tmp_path / "configs", tmp_path / "here"
+    for folder, names in ((cfg_dir, ["both.yaml", "beside.yaml", "a_oof.csv"]), (cwd, ["both.yaml", "cwd.yaml",
+                                                                                       "b_oof.csv"])):
+        folder.mkdir()
+        for name in names:
+            (folder / name).write_text(f"where: {folder.name}\n")
+    monkeypatch.chdir(cwd)
+    return cfg_dir, cwd
+
+
+def test_relative_paths_resolve_beside_the_yaml_first_then_in_the_current_folder(two_folders):
+    cfg_dir, cwd = two_folders
+    assert resolve_path("both.yaml", cfg_dir) == cfg_dir / "both.yaml"  # the YAML's neighbour wins
+    assert resolve_path("beside.yaml", cfg_dir) == cfg_dir / "beside.yaml"
+    assert resolve_path("cwd.yaml", cfg_dir).resolve() == cwd / "cwd.yaml"  # e.g. typed with --set
+    assert resolve_path("missing.yaml", cfg_dir) == cfg_dir / "missing.yaml"  # the error names the expected place
+    assert resolve_path("both.yaml", None).resolve() == cwd / "both.yaml"  # no YAML: the current folder
+    assert resolve_path(cwd / "both.yaml", cfg_dir) == cwd / "both.yaml"
+    assert resolve_path("~/x.yaml", cfg_dir).is_absolute()
+    assert config_dir(str(cfg_dir / "zoo.yaml")) == cfg_dir and config_dir(None) is None
+    assert glob_paths("*_oof.csv", cfg_dir) == [cfg_dir / "a_oof.csv"]
+    assert [p.resolve() for p in glob_paths("b_*.csv", cfg_dir)] == [cwd / "b_oof.csv"]
+    assert glob_paths("c_*.csv", cfg_dir) == []
+
+
+def test_zoo_member_paths_follow_the_rule_whatever_the_current_folder(two_folders):
+    from fb3stack.base.runner import resolve_members
+
+    cfg_dir, cwd = two_folders
+    for folder in (cfg_dir, cwd):
+        (folder / "both.yaml").write_text(f"kind: tfidf-ridge\nname: tfidf-{folder.name}\n")
+    (cfg_dir / "zoo.yaml").write_text("members: [both.yaml]\n")
+    assert [m.name for m in resolve_members(load_run_config(cfg_dir / "zoo.yaml"))] == ["tfidf-configs"]

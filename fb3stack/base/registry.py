@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from pathlib import Path
 from typing import Any
 
 from fb3stack.base.member import Member, MemberConfig
-from fb3stack.config import ConfigError, apply_overrides, from_dict, load_yaml
+from fb3stack.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path
 
 _KINDS: dict[str, str | type[Member]] = {
     "transformer": "fb3stack.base.transformer.member:TransformerMember",
@@ -37,13 +36,6 @@ def member_class(kind: str) -> type[Member]:
     return target
 
 
-def _resolve(path: str | os.PathLike, base_dir: str | os.PathLike | None) -> Path:
-    path = Path(path)
-    if not path.is_absolute() and base_dir is not None and not path.exists():
-        path = Path(base_dir) / path
-    return path
-
-
 def load_member_config(
     entry: str | os.PathLike | dict[str, Any], base_dir: str | os.PathLike | None = None,
     overrides: list[str] | None = None,
@@ -56,12 +48,12 @@ def load_member_config(
         extra = set(entry) - {"include", "set"}
         if extra:
             raise ConfigError(f"member entry with 'include' takes only 'set' beside it, got {sorted(extra)}")
-        path = _resolve(entry["include"], base_dir)
+        path = resolve_path(entry["include"], base_dir)
         raw, where = {**load_yaml(path), **(entry.get("set") or {})}, str(path)
     elif isinstance(entry, dict):
         raw, where = dict(entry), "inline member"
     else:
-        path = _resolve(entry, base_dir)
+        path = resolve_path(entry, base_dir)
         raw, where = load_yaml(path), str(path)
     raw = apply_overrides(raw, overrides)
     kind = raw.get("kind")

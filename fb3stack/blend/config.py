@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fb3stack.config import ConfigError, apply_overrides, from_dict, load_yaml
+from fb3stack.config import ConfigError, apply_overrides, config_dir, from_dict, load_yaml, resolve_path
 
 
 @dataclass
@@ -68,7 +68,8 @@ def default_methods() -> list[MethodSpec]:
 @dataclass
 class BlendConfig:
     name: str = "blend"
-    # workspace member names, OOF file paths (relative to the YAML or the current folder) or glob patterns
+    # workspace member names, OOF file paths or glob patterns (fb3stack.config.resolve_path: the YAML's folder,
+    # then the current folder)
     members: list[str] = field(default_factory=list)
     methods: list[MethodSpec] = field(default_factory=default_methods)
     # appended to `methods`, so a YAML can add a method (e.g. the LightGBM stacker) and keep the default list
@@ -99,7 +100,7 @@ def load_blend_config(path: str | os.PathLike, overrides: list[str] | None = Non
     if "blend" in raw:  # a zoo YAML with an inline or referenced blend section (a blend YAML has no "blend" key)
         blend = raw["blend"]
         if isinstance(blend, str):
-            return load_blend_config(Path(path).parent / blend, overrides)
+            return load_blend_config(resolve_path(blend, config_dir(path)), overrides)
         if not isinstance(blend, dict):
             raise ConfigError(f"{path}: 'blend' must be a mapping or a path to a blend YAML")
         raw = blend

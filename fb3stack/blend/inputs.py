@@ -8,7 +8,6 @@ different folds are refused with a DataError naming the file, the row or id, and
 
 from __future__ import annotations
 
-import glob
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fb3stack.config import glob_paths, resolve_path
 from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
 from fb3stack.data import DataError
 from fb3stack.io import sha256_file, sha256_file_cached
@@ -96,9 +96,7 @@ def load_member(spec: str, label_ids: pd.Series, ws: Workspace | None, base_dir:
         path, name, external = model_dir / OOF_FILE, spec, False
         content = _checked_workspace_oof(model_dir)
     else:
-        path = Path(spec)
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = base_dir / path
+        path = resolve_path(spec, base_dir)
         if not path.is_file():
             if model_dir is not None and not path.suffix:  # a plain name: a workspace member not trained yet
                 raise DataError(f"member '{spec}' has no OOF in the workspace; train it first (fb3stack train)",
@@ -132,15 +130,14 @@ def _checked_workspace_oof(model_dir: Path) -> str | None:
 
 
 def expand_specs(specs: list[str], base_dir: Path | None = None) -> list[str]:
-    """Expand glob patterns (relative to `base_dir` when not found as given); names pass through."""
+    """Expand glob patterns (`fb3stack.config.glob_paths`: the YAML's folder first); names pass through."""
     out: list[str] = []
     for spec in specs:
         if any(ch in spec for ch in "*?["):
-            pattern = spec if Path(spec).is_absolute() or base_dir is None else str(base_dir / spec)
-            hits = sorted(glob.glob(spec)) or sorted(glob.glob(pattern))
+            hits = glob_paths(spec, base_dir)
             if not hits:
-                raise DataError(f"member pattern '{spec}' matches no file", file=pattern)
-            out += hits
+                raise DataError(f"member pattern '{spec}' matches no file", file=resolve_path(spec, base_dir))
+            out += [str(h) for h in hits]
         else:
             out.append(spec)
     return out

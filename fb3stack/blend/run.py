@@ -29,7 +29,7 @@ from fb3stack.blend.inputs import Member, load_members, member_folds, meta_featu
 from fb3stack.blend.methods import Blender, make_method
 from fb3stack.blend.nested import OuterSplit, in_sample, nested_cv, outer_splits
 from fb3stack.blend.selection import InnerCVSelect, SelectThenBlend
-from fb3stack.config import ConfigError, to_dict
+from fb3stack.config import ConfigError, config_dir, resolve_path, to_dict
 from fb3stack.constants import FOLD_COL, ID_COL, SCORE_MAX, SCORE_MIN, TARGETS
 from fb3stack.data import fingerprint, load_train, resolve_data_dir
 from fb3stack.folds import read_folds
@@ -62,9 +62,7 @@ def resolve_outer(cfg: BlendConfig, members: list[Member], labels: pd.DataFrame,
     if o.split == "file":
         if not o.file:
             raise ConfigError("outer.split is 'file' but outer.file is not set")
-        path = Path(o.file)
-        if not path.is_absolute() and base_dir is not None and not path.exists():
-            path = base_dir / path
+        path = resolve_path(o.file, base_dir)
         f = read_folds(path, labels).set_index(ID_COL).loc[labels[ID_COL], FOLD_COL].to_numpy().astype(int)
         return outer_splits(n, f), f, f"folds file {path} ({len(np.unique(f))} folds)"
     if o.split in ("auto", "zoo") and folds is not None:
@@ -196,7 +194,7 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
     `fb3stack run` passes its own, read with the run's data settings (file, on_bad_score, limit), so the blend
     never reads train.csv another way. Without them the blend config's data_dir/train_file are read.
     """
-    base_dir = Path(cfg.source).parent if cfg.source else None
+    base_dir = config_dir(cfg.source)
     if labels is None:
         labels = load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file)
     labels = labels[[c for c in labels.columns if c != FOLD_COL]]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, workspace_of, writing
+from fb3stack.config import config_dir
 from fb3stack.folds import fold_summary
 from fb3stack.workspace import ensure_folds, load_training_data
 
@@ -25,13 +27,13 @@ def run(args: argparse.Namespace) -> int:
         cfg.folds.n_folds = args.n_folds
     if args.seed is not None:
         cfg.folds.seed = args.seed
-    if args.from_file:
-        cfg.folds.file = args.from_file
+    if args.from_file:  # a command-line path: relative to the current folder, not the zoo YAML's
+        cfg.folds.file = str(Path(args.from_file).expanduser().resolve())
     ws = workspace_of(args, cfg)
     _, train = load_training_data(cfg.data, args.data_dir)
     with writing(ws, "folds"):
         log_to_workspace(ws, "folds")
-        folds = ensure_folds(ws, train, cfg.folds, force=args.force)
+        folds = ensure_folds(ws, train, cfg.folds, force=args.force, base_dir=config_dir(cfg.source))
     print(f"{ws.folds_path}: {len(folds)} essays in {folds['fold'].nunique()} folds")
     print(fold_summary(train, folds).round(3).to_string())
     return 0

@@ -20,7 +20,7 @@ from fb3stack.base.executors import RayOptions, run_local, run_ray
 from fb3stack.base.member import MemberConfig
 from fb3stack.base.runner import check_backbones, resolve_members
 from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, save_resolved_config, writing
-from fb3stack.config import ConfigError, RunConfig, from_dict
+from fb3stack.config import ConfigError, RunConfig, config_dir, from_dict, resolve_path
 from fb3stack.constants import ID_COL
 from fb3stack.data import DataError, load_sample_submission, load_test
 from fb3stack.submit.predict import PredictSources, predict_submission
@@ -44,10 +44,8 @@ def zoo_blend_config(cfg: RunConfig):
     """The zoo's `blend`: a blend YAML path (relative to the zoo file) or an inline mapping."""
     from fb3stack.blend.config import BlendConfig, load_blend_config
 
-    base = Path(cfg.source).parent if cfg.source else Path.cwd()
     if isinstance(cfg.blend, str):
-        path = Path(cfg.blend)
-        return load_blend_config(path if path.is_absolute() or path.exists() else base / path)
+        return load_blend_config(resolve_path(cfg.blend, config_dir(cfg.source)))
     if not isinstance(cfg.blend, dict):
         raise ConfigError(f"{cfg.source}: 'blend' must be a blend YAML path or a mapping")
     blend = from_dict(BlendConfig, {k: v for k, v in cfg.blend.items() if k != "source"}, where=f"{cfg.source}:blend")
@@ -69,12 +67,10 @@ class Checked:
 
 def check_blend_members(blend_cfg, members: list[MemberConfig], where: str) -> None:
     names = {m.name for m in members}
-    base = Path(blend_cfg.source).parent if blend_cfg.source else Path.cwd()
     for i, spec in enumerate(blend_cfg.members):
         if spec in names or any(ch in spec for ch in "*?["):
             continue
-        path = Path(spec)
-        if not (path.is_file() or (base / path).is_file()):
+        if not resolve_path(spec, config_dir(blend_cfg.source)).is_file():
             raise ConfigError(f"{where}members[{i}]: {spec!r} is not a member of this zoo {sorted(names)} nor an "
                               "OOF file")
 
