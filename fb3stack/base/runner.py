@@ -388,5 +388,5 @@ class SavedMember:
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Mean over the fold models of (n, 6) predictions for `df` (text_id, full_text)."""
-        member = member_class(self.config.kind)(self.config, None)
+        member = build_member(self.config)
         return np.asarray(member.predict_folds(df[[ID_COL, TEXT_COL]].reset_index(drop=True), self.fold_dirs))
