@@ -58,8 +58,7 @@ def run_local(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[i
 @dataclass
 class RayOptions:
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": an existing cluster
-    gpus_per_job: float | None = None  # None: 1 for kinds that want a GPU (Member.wants_gpu) when the cluster
-    # has GPUs, else 0
+    gpus_per_job: float | None = None  # None: 1 if the cluster has GPUs and the kind wants one (wants_gpu)
     cpus_per_job: float = 1.0
     max_retries: int = 2  # a job whose worker dies (OOM, preemption, kill) is run again
     num_cpus: int | None = None  # for a local Ray only
