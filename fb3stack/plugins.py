@@ -39,12 +39,12 @@ class Registry(Generic[T]):
         def decorate(cls: T) -> T:
             if not (isinstance(cls, type) and issubclass(cls, self.base)):
                 raise TypeError(f"{self.what} {name!r}: {cls!r} is not a subclass of {self.base.__name__}")
-            known = self._classes.get(name)
-            if known is not None and _qualified(known) != _qualified(cls):  # re-importing a module is fine
-                raise ValueError(f"{self.what} {name!r} is already registered by {_qualified(known)}")
             builtin = self._builtins.get(name)
             if builtin is not None and cls.__module__ != builtin:
                 raise ValueError(f"{self.what} {name!r} is built into fb3stack ({builtin}); pick another name")
+            known = self._classes.get(name)
+            if known is not None and _qualified(known) != _qualified(cls):  # re-importing a module is fine
+                raise ValueError(f"{self.what} {name!r} is already registered by {_qualified(known)}")
             self._classes[name] = cls
             return cls
 
