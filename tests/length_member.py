@@ -30,6 +30,7 @@ def length_features(df: pd.DataFrame) -> np.ndarray:
     return np.column_stack([np.log1p(words), np.log1p(text.str.count(r"[.!?]")), text.str.count(",") / (1 + words)])
 
 
+@register_member("length-ridge")
 class LengthRidge(Member):
     config_cls = LengthRidgeConfig
     fits: list[int] = []
@@ -51,5 +52,3 @@ class LengthRidge(Member):
     def predict_fold(self, df, fold_dir: Path):
         return np.clip(joblib.load(fold_dir / "ridge.joblib").predict(length_features(df)), 1, 5)
 
-
-register_member("length-ridge", LengthRidge)

@@ -11,8 +11,9 @@ import pytest
 
 from fb3stack.base import embed_svr, embeddings, features_lgbm, text_features, tfidf_ridge
 from fb3stack.base.backbones import resolve_backbone_path
+from fb3stack.base.executors import run_local
 from fb3stack.base.registry import member_class
-from fb3stack.base.runner import fold_dir, train_member
+from fb3stack.base.runner import fold_dir
 from fb3stack.config import from_dict, load_run_config
 from fb3stack.constants import FOLD_COL, TARGETS, TEXT_COL
 from fb3stack.metrics import mcrmse
@@ -49,7 +50,7 @@ def trained(prep) -> dict:  # noqa: ANN001
     out = {}
     for label in MEMBERS:
         cfg = make_member(label, None).config
-        out[label] = (cfg, train_member(cfg, prep))
+        out[label] = (cfg, run_local([cfg], prep)[cfg.name])
     return out
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from length_member import LengthRidgeConfig
 
-from fb3stack.base.runner import train_member
+from fb3stack.base.executors import run_local
 from fb3stack.blend.config import BlendConfig, MethodSpec
 from fb3stack.blend.run import run_blend
 from fb3stack.cli.main import main
@@ -84,7 +84,7 @@ def ws(fb3_dir, tmp_path_factory):
                     folds=FoldsConfig(n_folds=3, seed=0))
     prep = prepare(cfg)
     for name, alpha in (("len-a", 1.0), ("len-b", 300.0)):
-        train_member(LengthRidgeConfig(name=name, kind="length-ridge", alpha=alpha), prep)
+        run_local([LengthRidgeConfig(name=name, kind="length-ridge", alpha=alpha)], prep)
     blend = BlendConfig(name="b", members=["len-a", "len-b"],
                         methods=[MethodSpec("mean", "mean"), MethodSpec("slsqp", "scipy", {"method": "SLSQP"})])
     run_blend(blend, root, fb3_dir)

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from length_member import LengthRidge, LengthRidgeConfig, length_features
 
-from fb3stack.base.runner import SavedMember, resolve_members, train_member
+from fb3stack.base.executors import run_local
+from fb3stack.base.runner import SavedMember, resolve_members
 from fb3stack.config import DataConfig, FoldsConfig, RunConfig
 from fb3stack.constants import TARGETS
 from fb3stack.metrics import mcrmse
@@ -25,7 +26,7 @@ def prep(fb3_dir, tmp_path):
 
 def test_oof_contract_and_prediction(prep):
     cfg = LengthRidgeConfig(name="len", kind="length-ridge")
-    metrics = train_member(cfg, prep)
+    metrics = run_local([cfg], prep)[cfg.name]
     model_dir = prep.workspace.model_dir("len")
     oof = pd.read_parquet(model_dir / "oof.parquet")
     assert list(oof.columns) == ["text_id", "fold", *TARGETS]
@@ -53,7 +54,7 @@ def test_resume_after_crash_never_retrains_finished_folds(prep):
     LengthRidge.fits, LengthRidge.crash_on = [], 1
     try:
         with pytest.raises(RuntimeError, match="killed"):
-            train_member(cfg, prep)
+            run_local([cfg], prep)
     finally:
         LengthRidge.crash_on = -1
     model_dir = prep.workspace.model_dir("len")
@@ -62,18 +63,18 @@ def test_resume_after_crash_never_retrains_finished_folds(prep):
     assert not list(model_dir.glob(".fold1*"))
     assert not (model_dir / "oof.parquet").exists()
     LengthRidge.fits = []
-    train_member(cfg, prep)
+    run_local([cfg], prep)
     assert LengthRidge.fits == [1, 2]
     assert (model_dir / "oof.parquet").exists()
     LengthRidge.fits = []
-    train_member(cfg, prep)
+    run_local([cfg], prep)
     assert LengthRidge.fits == []  # up to date: nothing retrained
 
 
 def test_changed_config_is_stale_and_archived(prep):
-    train_member(LengthRidgeConfig(name="len", kind="length-ridge"), prep)
+    run_local([LengthRidgeConfig(name="len", kind="length-ridge")], prep)
     LengthRidge.fits = []
-    train_member(LengthRidgeConfig(name="len", kind="length-ridge", alpha=10.0), prep)
+    run_local([LengthRidgeConfig(name="len", kind="length-ridge", alpha=10.0)], prep)
     assert LengthRidge.fits == [0, 1, 2]
     archived = list((prep.workspace.root / "models" / ".stale").iterdir())
     assert len(archived) == 1 and (archived[0] / "oof.parquet").exists()

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fb3stack.base.executors import run_local
 from fb3stack.base.registry import load_member_config
-from fb3stack.base.runner import train_member
 from fb3stack.config import DataConfig, FoldsConfig, RunConfig
 from fb3stack.constants import FOLD_COL, TARGETS
 from fb3stack.metrics import mcrmse
@@ -24,7 +24,7 @@ def test_minilm_finetune_learns(fb3_dir, tmp_path):
     prep = prepare(RunConfig(data=DataConfig(data_dir=str(fb3_dir), limit=300), folds=FoldsConfig(n_folds=2)),
                    workspace=tmp_path / "ws")
     cfg = replace(load_member_config(CONFIG), max_len=128, epochs=4)  # ~75 steps per fold: minutes on CPU
-    metrics = train_member(cfg, prep)
+    metrics = run_local([cfg], prep)[cfg.name]
     truth, folds = prep.train[list(TARGETS)].to_numpy(), prep.train[FOLD_COL].to_numpy()
     mean_pred = np.empty_like(truth)
     for k in np.unique(folds):  # the honest baseline: each fold predicted by its training rows' mean

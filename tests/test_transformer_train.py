@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from helpers_tiny_deberta import build_tiny_deberta, tiny_config
 
-from fb3stack.base.runner import SavedMember, train_member
+from fb3stack.base.executors import run_local
+from fb3stack.base.runner import SavedMember
 from fb3stack.base.transformer.member import TransformerMember
 from fb3stack.config import DataConfig, FoldsConfig, RunConfig
 from fb3stack.constants import ID_COL, TARGETS
@@ -38,12 +39,12 @@ def test_train_resume_oof_and_reload(fb3_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(TransformerMember, "fit_fold", fit_fold)
     with pytest.raises(FoldOneFails):
-        train_member(cfg, prep)
+        run_local([cfg], prep)
     model_dir = prep.workspace.model_dir("tiny")
     assert (model_dir / "fold0" / "oof.parquet").is_file() and not (model_dir / "fold1").exists()
 
     # second run resumes at fold 1; fold 0 is not retrained
-    metrics = train_member(cfg, prep)
+    metrics = run_local([cfg], prep)[cfg.name]
     assert calls == [0, 1, 1]
 
     oof = pd.read_parquet(model_dir / "oof.parquet")

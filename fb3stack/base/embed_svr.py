@@ -24,6 +24,7 @@ import pandas as pd
 
 from fb3stack.base.embeddings import Chunking, Pooler, Precision, backbone_identity, embed_texts, resolve_precision
 from fb3stack.base.member import FoldResult, Member, MemberConfig
+from fb3stack.base.registry import register_member
 from fb3stack.constants import SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 from fb3stack.io import atomic_path, read_json, write_json
 
@@ -55,6 +56,7 @@ class EmbedSVRConfig(MemberConfig):
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # ridge_cv grid
 
 
+@register_member("embed-svr")
 class EmbedSVRMember(Member):
     config_cls = EmbedSVRConfig
     config: EmbedSVRConfig

@@ -14,15 +14,13 @@ from dataclasses import dataclass
 
 from fb3stack import dist
 from fb3stack.base.member import MemberConfig
+from fb3stack.base.registry import member_class
 from fb3stack.base.runner import begin_member, check_fold, finalize_member, fold_done, member_is_complete, train_fold
 from fb3stack.io import read_json
 from fb3stack.progress import progress
 from fb3stack.workspace import Prepared
 
 logger = logging.getLogger(__name__)
-
-GPU_KINDS = {"transformer"}  # members that want an accelerator when the cluster has one
-
 
 def pending_jobs(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None
                  ) -> list[tuple[MemberConfig, int]]:
@@ -51,6 +49,7 @@ def finish(members: Sequence[MemberConfig], prep: Prepared) -> dict[str, dict]:
 
 def run_local(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None
               ) -> dict[str, dict]:
+    """Train the pending (member, fold) jobs here, one after another; {name: metrics} of each finished member."""
     for m, k in progress(pending_jobs(members, prep, folds), desc="train (member, fold) jobs", unit="job"):
         train_fold(m, prep, k)
     return finish(members, prep)
@@ -59,10 +58,17 @@ def run_local(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[i
 @dataclass
 class RayOptions:
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": an existing cluster
-    gpus_per_job: float | None = None  # None: 1 for GPU kinds when the cluster has GPUs, else 0
+    gpus_per_job: float | None = None  # None: 1 if the cluster has GPUs and the kind wants one (wants_gpu)
     cpus_per_job: float = 1.0
     max_retries: int = 2  # a job whose worker dies (OOM, preemption, kill) is run again
     num_cpus: int | None = None  # for a local Ray only
+
+
+def job_gpus(member: MemberConfig, options: RayOptions, has_gpu: bool) -> float:
+    """GPUs a (member, fold) job asks Ray for: the option when given, else one for a kind that wants a GPU."""
+    if options.gpus_per_job is not None:
+        return options.gpus_per_job
+    return float(has_gpu and member_class(member.kind).wants_gpu)
 
 
 def _ray_train_fold(member: MemberConfig, prep: Prepared, fold: int) -> str:
@@ -87,7 +93,7 @@ def run_ray(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int
         remote = ray.remote(_ray_train_fold)
         refs = {}
         for m, k in jobs:
-            gpus = options.gpus_per_job if options.gpus_per_job is not None else float(has_gpu and m.kind in GPU_KINDS)
+            gpus = job_gpus(m, options, has_gpu)
             task = remote.options(num_gpus=gpus, num_cpus=options.cpus_per_job, max_retries=options.max_retries,
                                   retry_exceptions=False, name=f"{m.name}/fold{k}")
             refs[task.remote(m, prep_ref, k)] = (m.name, k)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from fb3stack.base.member import FoldResult, Member, MemberConfig
+from fb3stack.base.registry import register_member
 from fb3stack.base.text_features import text_features
 from fb3stack.constants import SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 from fb3stack.io import read_json, write_json
@@ -39,6 +40,7 @@ class FeaturesLGBMConfig(MemberConfig):
     reg_lambda: float = 1.0
 
 
+@register_member("features-lgbm")
 class FeaturesLGBMMember(Member):
     config_cls = FeaturesLGBMConfig
     config: FeaturesLGBMConfig

@@ -48,6 +48,8 @@ class FoldResult:
 
 class Member(ABC):
     config_cls: ClassVar[type[MemberConfig]] = MemberConfig
+    # what a job of this kind asks a scheduler for (the Ray executor: one GPU per job when the cluster has any)
+    wants_gpu: ClassVar[bool] = False
 
     def __init__(self, config: MemberConfig, workspace: Workspace | None = None) -> None:
         self.config = config

@@ -1,39 +1,24 @@
-"""Member kinds by name, imported lazily so a CPU-only user never imports what they do not use."""
+"""Member kinds by name: fb3stack's own, imported lazily so a CPU-only user never imports what they do not use,
+and those of installed plug-in packages (entry-point group `fb3stack.members`); see docs/extending.md."""
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any
 
 from fb3stack.base.member import Member, MemberConfig
 from fb3stack.config import ConfigError, apply_overrides, from_dict, load_yaml, resolve_path
+from fb3stack.plugins import Registry
 
-_KINDS: dict[str, str | type[Member]] = {
-    "transformer": "fb3stack.base.transformer.member:TransformerMember",
-    "embed-svr": "fb3stack.base.embed_svr:EmbedSVRMember",
-    "tfidf-ridge": "fb3stack.base.tfidf_ridge:TfidfRidgeMember",
-    "features-lgbm": "fb3stack.base.features_lgbm:FeaturesLGBMMember",
-}
-
-
-def register_member(kind: str, cls: type[Member] | str) -> None:
-    _KINDS[kind] = cls
-
-
-def member_kinds() -> list[str]:
-    return sorted(_KINDS)
-
-
-def member_class(kind: str) -> type[Member]:
-    if kind not in _KINDS:
-        raise ConfigError(f"unknown member kind {kind!r}; known: {member_kinds()}")
-    target = _KINDS[kind]
-    if isinstance(target, str):
-        module, _, attr = target.partition(":")
-        target = getattr(importlib.import_module(module), attr)
-        _KINDS[kind] = target
-    return target
+MEMBER_KINDS: Registry[type[Member]] = Registry("member kind", "fb3stack.members", Member, builtins={
+    "transformer": "fb3stack.base.transformer.member",
+    "embed-svr": "fb3stack.base.embed_svr",
+    "tfidf-ridge": "fb3stack.base.tfidf_ridge",
+    "features-lgbm": "fb3stack.base.features_lgbm",
+})
+register_member = MEMBER_KINDS.register  # class decorator: @register_member("my-model")
+member_class = MEMBER_KINDS.get
+member_kinds = MEMBER_KINDS.names
 
 
 def load_member_config(

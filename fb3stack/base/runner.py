@@ -13,7 +13,8 @@ A fold folder is built under a temporary name and renamed when complete, so its 
 a killed run resumes at the first missing fold and never retrains a finished one. A fold whose files no
 longer match their seal (truncated, altered) is moved to models/.corrupt/ and trained again, and a member's
 oof.parquet that no longer matches its manifest is rebuilt from the folds. `train_fold` and
-`finalize_member` are separate so an executor can run (member, fold) jobs anywhere in parallel.
+`finalize_member` are separate so an executor can run (member, fold) jobs anywhere in parallel; the one
+training loop is `fb3stack.base.executors` (`run_local` is what `fb3stack train` / `run` and the tests call).
 
 The config hash covers only result-relevant settings (`fb3stack.config.result_dict`): the execution-only
 fields a config class declares (threads, device, eval batch size ...) never make a member stale.
@@ -226,7 +227,7 @@ def check_fold(model_dir: Path, fold: int) -> bool:
     return False
 
 
-def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | None = None) -> Path:
+def train_fold(cfg: MemberConfig, prep: Prepared, fold: int) -> Path:
     """Train one fold unless it is already done; returns its folder."""
     model_dir = begin_member(cfg, prep)
     target = fold_dir(model_dir, fold)
@@ -236,7 +237,7 @@ def train_fold(cfg: MemberConfig, prep: Prepared, fold: int, member: Member | No
     if dist.is_main():
         for leftover in model_dir.glob(f".fold{fold}.*.tmp"):  # a run killed in this fold (no cleanup ran)
             shutil.rmtree(leftover, ignore_errors=True)
-    member = member or build_member(cfg, prep)
+    member = build_member(cfg, prep)
     df = prep.train
     train = df[df[FOLD_COL] != fold].reset_index(drop=True)
     valid = df[df[FOLD_COL] == fold].reset_index(drop=True)
@@ -338,21 +339,6 @@ def member_is_complete(cfg: MemberConfig, prep: Prepared) -> bool:
     return True
 
 
-def train_member(cfg: MemberConfig, prep: Prepared, folds: list[int] | None = None) -> dict:
-    """Train every missing fold of one member in this process, then finalise it."""
-    if member_is_complete(cfg, prep) and folds is None:
-        logger.info("%s: up to date, skipped", cfg.name)
-        return read_json(prep.workspace.model_dir(cfg.name) / "metrics.json")
-    member = build_member(cfg, prep)
-    model_dir = begin_member(cfg, prep)
-    for k in folds if folds is not None else range(prep.n_folds):
-        check_fold(model_dir, k)
-        train_fold(cfg, prep, k, member)
-    if all(fold_done(prep.workspace.model_dir(cfg.name), k) for k in range(prep.n_folds)):
-        return finalize_member(cfg, prep)
-    return {}
-
-
 @dataclass
 class SavedMember:
     """A trained member loaded from its folder, ready to predict new essays."""
@@ -402,5 +388,5 @@ class SavedMember:
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
         """Mean over the fold models of (n, 6) predictions for `df` (text_id, full_text)."""
-        member = member_class(self.config.kind)(self.config, None)
+        member = build_member(self.config)
         return np.asarray(member.predict_folds(df[[ID_COL, TEXT_COL]].reset_index(drop=True), self.fold_dirs))

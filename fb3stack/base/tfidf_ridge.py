@@ -25,6 +25,7 @@ from sklearn.linear_model import Ridge
 
 from fb3stack.base.member import FoldResult, Member, MemberConfig
 from fb3stack.base.ngram_counts import analyser_params, cached_counts, fit_from_counts, transform_from_counts
+from fb3stack.base.registry import register_member
 from fb3stack.constants import SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TfidfRidgeConfig(MemberConfig):
     alphas: list[float] | None = None  # a grid: each trait's alpha picked by leave-one-out CV on training rows
 
 
+@register_member("tfidf-ridge")
 class TfidfRidgeMember(Member):
     config_cls = TfidfRidgeConfig
     config: TfidfRidgeConfig

@@ -12,7 +12,8 @@ from fb3stack.config import ConfigError, apply_overrides, config_dir, from_dict,
 
 @dataclass
 class MethodSpec:
-    """One method to try: `kind` is a key of fb3stack.blend.methods.METHODS, `params` its constructor args."""
+    """One method to try: `kind` names a registered blend method (fb3stack.blend.methods.BLEND_METHODS: built in
+    or a plug-in's, docs/extending.md), `params` its constructor args."""
 
     name: str
     kind: str

@@ -1,9 +1,10 @@
 """Loading the members to blend and aligning them on text_id, refusing anything that would mislead.
 
-A member is either a workspace model folder (models/<name>/oof.parquet: text_id, fold, six traits) or an
-external OOF file (CSV or parquet with text_id and the six traits, e.g. the public FB3 OOFs). Members are
-aligned to the label order of train.csv; different id sets, NaN, duplicate ids and members trained on
-different folds are refused with a DataError naming the file, the row or id, and the column.
+Each blend input (`BlendInput`) is one first-layer member's OOF: a workspace model folder
+(models/<name>/oof.parquet: text_id, fold, six traits) or an external OOF file (CSV or parquet with text_id
+and the six traits, e.g. the public FB3 OOFs). Inputs are aligned to the label order of train.csv; different
+id sets, NaN, duplicate ids and members trained on different folds are refused with a DataError naming the
+file, the row or id, and the column.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ OOF_FILE = "oof.parquet"
 
 
 @dataclass
-class Member:
-    """One first-layer member's OOF predictions, aligned to the label rows."""
+class BlendInput:
+    """One first-layer member's OOF predictions, aligned to the label rows: what the blend reads of a member (the
+    member itself, `fb3stack.base.member.Member`, is the model that wrote them)."""
 
     name: str
     path: Path  # the OOF file read
@@ -88,26 +90,27 @@ def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFram
     return df.assign(**{ID_COL: ids})
 
 
-def load_member(spec: str, label_ids: pd.Series, ws: Workspace | None, base_dir: Path | None = None) -> Member:
-    """`spec` is a workspace member name (models/<spec>/oof.parquet) or a path to an OOF file."""
-    model_dir = ws.model_dir(spec) if ws is not None else None
+def load_input(entry: str, label_ids: pd.Series, ws: Workspace | None, base_dir: Path | None = None) -> BlendInput:
+    """`entry` (of the blend config's `members:`) is a workspace member name (models/<entry>/oof.parquet) or a path
+    to an OOF file."""
+    model_dir = ws.model_dir(entry) if ws is not None else None
     content = None
     if model_dir is not None and (model_dir / OOF_FILE).is_file():
-        path, name, external = model_dir / OOF_FILE, spec, False
+        path, name, external = model_dir / OOF_FILE, entry, False
         content = _checked_workspace_oof(model_dir)
     else:
-        path = resolve_path(spec, base_dir)
+        path = resolve_path(entry, base_dir)
         if not path.is_file():
             if model_dir is not None and not path.suffix:  # a plain name: a workspace member not trained yet
-                raise DataError(f"member '{spec}' has no OOF in the workspace; train it first (fb3stack train)",
+                raise DataError(f"member '{entry}' has no OOF in the workspace; train it first (fb3stack train)",
                                 file=model_dir / OOF_FILE)
             where = f" nor a model in {ws.root / 'models'}" if ws is not None else ""
-            raise DataError(f"member '{spec}' is neither an OOF file{where}", file=path)
+            raise DataError(f"member '{entry}' is neither an OOF file{where}", file=path)
         name, external = path.stem.removesuffix("_oof_df").removesuffix("_oof"), True
     df = check_oof(read_oof(path), path, label_ids).set_index(ID_COL).loc[label_ids.to_numpy()]
     preds = df[list(TARGETS)].to_numpy(dtype=np.float64)
     folds = df[FOLD_COL].to_numpy().astype(int) if FOLD_COL in df.columns else None
-    return Member(name, path, preds, folds, external, sha256_file(path), content)
+    return BlendInput(name, path, preds, folds, external, sha256_file(path), content)
 
 
 def _checked_workspace_oof(model_dir: Path) -> str | None:
@@ -129,25 +132,25 @@ def _checked_workspace_oof(model_dir: Path) -> str | None:
     return str(manifest["content_hash"])
 
 
-def expand_specs(specs: list[str], base_dir: Path | None = None) -> list[str]:
+def expand_entries(entries: list[str], base_dir: Path | None = None) -> list[str]:
     """Expand glob patterns (`fb3stack.config.glob_paths`: the YAML's folder first); names pass through."""
     out: list[str] = []
-    for spec in specs:
-        if any(ch in spec for ch in "*?["):
-            hits = glob_paths(spec, base_dir)
+    for entry in entries:
+        if any(ch in entry for ch in "*?["):
+            hits = glob_paths(entry, base_dir)
             if not hits:
-                raise DataError(f"member pattern '{spec}' matches no file", file=resolve_path(spec, base_dir))
+                raise DataError(f"member pattern '{entry}' matches no file", file=resolve_path(entry, base_dir))
             out += [str(h) for h in hits]
         else:
-            out.append(spec)
+            out.append(entry)
     return out
 
 
-def load_members(specs: list[str], labels: pd.DataFrame, ws: Workspace | None = None,
-                 base_dir: Path | None = None) -> list[Member]:
+def load_members(entries: list[str], labels: pd.DataFrame, ws: Workspace | None = None,
+                 base_dir: Path | None = None) -> list[BlendInput]:
     """Load and align every member; refuse members whose fold columns disagree."""
     label_ids = labels[ID_COL].astype(str)
-    members = [load_member(s, label_ids, ws, base_dir) for s in expand_specs(specs, base_dir)]
+    members = [load_input(e, label_ids, ws, base_dir) for e in expand_entries(entries, base_dir)]
     if not members:
         raise DataError("no members to blend")
     names = [m.name for m in members]
@@ -160,7 +163,7 @@ def load_members(specs: list[str], labels: pd.DataFrame, ws: Workspace | None = 
     return members
 
 
-def check_same_folds(members: list[Member], label_ids: pd.Series) -> None:
+def check_same_folds(members: list[BlendInput], label_ids: pd.Series) -> None:
     """Members trained on different folds have OOFs from different models per row: blending them is unfair."""
     with_folds = [m for m in members if m.folds is not None]
     if not with_folds:
@@ -176,7 +179,7 @@ def check_same_folds(members: list[Member], label_ids: pd.Series) -> None:
             )
 
 
-def check_workspace_folds(members: list[Member], ws: Workspace, label_ids: pd.Series) -> None:
+def check_workspace_folds(members: list[BlendInput], ws: Workspace, label_ids: pd.Series) -> None:
     """Workspace members must carry the workspace's current folds.csv; otherwise they are from an older split."""
     if not ws.folds_path.is_file():
         return
@@ -209,7 +212,7 @@ def workspace_label_ids(ws: Workspace | None, labels: pd.DataFrame) -> pd.DataFr
     return labels[keep].reset_index(drop=True)
 
 
-def member_folds(members: list[Member]) -> np.ndarray | None:
+def member_folds(members: list[BlendInput]) -> np.ndarray | None:
     """The shared fold column of the members, or None when none has one."""
     return next((m.folds for m in members if m.folds is not None), None)
 

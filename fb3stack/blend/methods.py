@@ -20,6 +20,7 @@ from sklearn.model_selection import KFold
 
 from fb3stack.constants import SCORE_MAX, SCORE_MIN
 from fb3stack.metrics import rmse_stack
+from fb3stack.plugins import Registry
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,12 @@ class Blender(BaseEstimator):
         raise NotImplementedError
 
 
+# blend methods by the `kind:` a blend YAML names; plug-in packages add theirs under the entry-point group
+# `fb3stack.blenders` (docs/extending.md)
+BLEND_METHODS: Registry[type[Blender]] = Registry("blend method", "fb3stack.blenders", Blender)
+register_blender = BLEND_METHODS.register  # class decorator: @register_blender("my-method")
+
+
 class WeightBlender(Blender):
     """A weighted sum of members per trait: fit finds `weights_` (m, 6) and `intercept_` (6,)."""
 
@@ -82,6 +89,7 @@ class WeightBlender(Blender):
         return np.einsum("mnt,mt->nt", P, self.weights_) + self.intercept_
 
 
+@register_blender("mean")
 class MeanBlend(WeightBlender):
     """The plain mean of the members: the baseline every other method must beat on held-out rows."""
 
@@ -92,6 +100,7 @@ class MeanBlend(WeightBlender):
         return np.full(len(Pt), 1.0 / len(Pt)), 0.0
 
 
+@register_blender("scipy")
 class ScipyWeights(WeightBlender):
     """Weights minimising RMSE with scipy.optimize.
 
@@ -155,6 +164,7 @@ class ScipyWeights(WeightBlender):
         return np.clip(res.x, lo, hi) if clip else res.x
 
 
+@register_blender("nnls")
 class NNLS(WeightBlender):
     """Non-negative least squares (scipy.optimize.nnls); `normalize` rescales the weights to sum to 1."""
 
@@ -169,6 +179,7 @@ class NNLS(WeightBlender):
         return w, 0.0
 
 
+@register_blender("hillclimb")
 class HillClimb(WeightBlender):
     """Caruana et al. (2004) greedy ensemble selection with replacement.
 
@@ -224,6 +235,7 @@ class HillClimb(WeightBlender):
         return w
 
 
+@register_blender("ridge")
 class RidgeStacker(Blender):
     """Ridge regression on member predictions, per trait.
 
@@ -263,6 +275,7 @@ class RidgeStacker(Blender):
         return np.stack(cols, axis=1)
 
 
+@register_blender("lgbm")
 class LGBMStacker(Blender):
     """LightGBM per trait on a summary of the members (mean and spread per trait) plus optional meta-features.
 
@@ -322,20 +335,10 @@ class LGBMStacker(Blender):
         return base + np.stack([m.predict(X) for m in self.models_], axis=1)
 
 
-METHODS: dict[str, type[Blender]] = {
-    "mean": MeanBlend,
-    "scipy": ScipyWeights,
-    "nnls": NNLS,
-    "hillclimb": HillClimb,
-    "ridge": RidgeStacker,
-    "lgbm": LGBMStacker,
-}
-
-
 def make_method(kind: str, params: dict | None = None) -> Blender:
-    if kind not in METHODS:
-        raise ValueError(f"unknown blend method {kind!r}; choose from {sorted(METHODS)}")
+    """The blend method registered as `kind` (built in or from a plug-in), constructed with `params`."""
+    cls = BLEND_METHODS.get(kind)  # ConfigError (a ValueError) listing the known methods
     try:
-        return METHODS[kind](**(params or {}))
+        return cls(**(params or {}))
     except TypeError as err:
         raise ValueError(f"blend method {kind!r}: {err}") from err

@@ -25,7 +25,7 @@ import pandas as pd
 
 from fb3stack.blend.config import BlendConfig, MethodSpec
 from fb3stack.blend.fitted import MODEL_FILE, SPEC_FILE
-from fb3stack.blend.inputs import Member, load_members, member_folds, meta_features, workspace_label_ids
+from fb3stack.blend.inputs import BlendInput, load_members, member_folds, meta_features, workspace_label_ids
 from fb3stack.blend.methods import Blender, make_method
 from fb3stack.blend.nested import OuterSplit, in_sample, nested_cv, outer_splits
 from fb3stack.blend.selection import InnerCVSelect, SelectThenBlend
@@ -52,7 +52,7 @@ class BlendResult:
     honest: float | None = None  # nested MCRMSE of choosing the method by inner CV (None when not scored)
 
 
-def resolve_outer(cfg: BlendConfig, members: list[Member], labels: pd.DataFrame,
+def resolve_outer(cfg: BlendConfig, members: list[BlendInput], labels: pd.DataFrame,
                   base_dir: Path | None) -> tuple[list[OuterSplit], np.ndarray | None, str]:
     """The outer splits, the fold column they came from (if any), and a description for the table."""
     o, n = cfg.outer, len(labels)
@@ -84,12 +84,13 @@ def build_method(spec: MethodSpec, cfg: BlendConfig) -> Blender:
 
 def build_methods(cfg: BlendConfig, where: str | None = None) -> list[Blender]:
     """Every method of the config constructed, so an unknown kind or parameter fails naming its key path."""
-    from fb3stack.blend.methods import METHODS
+    from fb3stack.blend.methods import BLEND_METHODS
 
     where = where or f"{cfg.source or 'blend config'}:"
+    known = BLEND_METHODS.names()
     out = []
     for i, spec in enumerate(cfg.methods):
-        key = f"{where}methods[{i}].{'params' if spec.kind in METHODS else 'kind'}"
+        key = f"{where}methods[{i}].{'params' if spec.kind in known else 'kind'}"
         try:
             out.append(build_method(spec, cfg))
         except (TypeError, ValueError) as err:
@@ -178,7 +179,7 @@ def weights_spec(model: Blender, names: list[str]) -> dict | None:
             "intercept": {t: float(b[k]) for k, t in enumerate(TARGETS)}}
 
 
-def manifest_hashes(cfg: BlendConfig, labels: pd.DataFrame, members: list[Member], outer_desc: str,
+def manifest_hashes(cfg: BlendConfig, labels: pd.DataFrame, members: list[BlendInput], outer_desc: str,
                     outer_folds: np.ndarray | None) -> dict[str, str]:
     """What a saved blend was made from; `fb3stack status` recomputes these to tell a fresh blend from a stale one."""
     return {"data_hash": fingerprint(labels), "config_hash": sha256_json(to_dict(cfg)),

@@ -24,6 +24,7 @@ from transformers import AutoModel
 
 from fb3stack import dist
 from fb3stack.base.member import FoldResult, Member
+from fb3stack.base.registry import register_member
 from fb3stack.base.transformer.adversarial import make_adversary
 from fb3stack.base.transformer.backbone import (
     add_newline_token,
@@ -59,8 +60,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+@register_member("transformer")
 class TransformerMember(Member):
     config_cls = TransformerConfig
+    wants_gpu = True
     config: TransformerConfig
 
     def __init__(self, config: TransformerConfig, workspace: Workspace | None = None) -> None:
