@@ -32,9 +32,12 @@ def is_main() -> bool:
 def init() -> None:
     """Start the process group (gloo on CPU, nccl on CUDA) through accelerate, once."""
     if is_distributed():
+        import torch
         from accelerate import PartialState
 
-        PartialState()
+        # without cpu=True on a machine with no GPU accelerate starts a process group but calls the run
+        # DistributedType.NO, and then never wraps the model in DDP: each process trained on its own gradients
+        PartialState(cpu=not torch.cuda.is_available())
 
 
 def _group_ready() -> bool:

@@ -41,6 +41,43 @@ def test_amp_explicit_bf16_on_old_gpu_warns(monkeypatch, caplog):
     assert "emulated" in caplog.text and "Tesla T4 (test)" in caplog.text
 
 
+@pytest.mark.parametrize("capability,expected", [((7, 5), "fp16"), ((8, 0), "bf16")])
+def test_engine_hands_accelerate_the_picked_precision_on_a_gpu(monkeypatch, capability, expected):
+    """What the Engine asks accelerate for on a CUDA GPU (faked here). accelerate then adds a GradScaler for
+    exactly fp16 on a non-CPU device (Accelerator.__init__) and autocasts to bf16/fp16 from mixed_precision."""
+    import accelerate
+
+    asked = {}
+
+    class FakeAccelerator:
+        device, scaler = torch.device("cpu"), None
+
+        def __init__(self, **kwargs):
+            asked.update(kwargs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "GPU (test)")
+    monkeypatch.setattr(accelerate, "Accelerator", FakeAccelerator)
+    engine_mod.Engine(torch.nn.Linear(2, 2), "auto", "auto", grad_accum=3)
+    assert asked["mixed_precision"] == expected and asked["cpu"] is False
+    assert asked["gradient_accumulation_plugin"].num_steps == 3
+
+
+def test_engine_cpu_bf16_then_fp32_in_one_process(monkeypatch):
+    """accelerate keeps one mixed precision per process; engines with another amp follow one another anyway."""
+    monkeypatch.setattr(engine_mod, "cpu_bf16_supported", lambda: True)
+    x = torch.randn(4, 8)
+    bf16 = engine_mod.Engine(torch.nn.Linear(8, 2), "cpu", "bf16")
+    with bf16.autocast():
+        assert bf16.model(x).dtype == torch.bfloat16
+    assert bf16.scaler is None  # bf16 has fp32's range: no loss scaling
+    fp32 = engine_mod.Engine(torch.nn.Linear(8, 2), "cpu", "none")
+    with fp32.autocast():
+        assert fp32.model(x).dtype == torch.float32
+    assert fp32.accelerator.mixed_precision == "no" and fp32.scaler is None
+
+
 def _v2_with_conv() -> DebertaV2Model:
     """A tiny deberta-v2-xlarge-shaped backbone: relative-position embeddings + their LayerNorm, and the conv
     that v2 runs after layer 0."""

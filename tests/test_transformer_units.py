@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -230,3 +231,29 @@ def test_fit_with_awp_accumulation_and_concat_pooler(tiny, train_df, tmp_path):
     assert result.preds.shape == (16, 6) and result.embeddings.shape == (16, 64)
     assert result.info["steps"] == 2  # 3 batches of 8, accumulated in pairs: 2 optimiser steps
     assert np.isfinite(result.preds).all()
+
+
+def test_adversarial_pass_alone_all_reduces(tiny, train_df, tmp_path, monkeypatch):
+    """Under DDP a backward outside no_sync all-reduces every gradient: with an adversary the clean backward must
+    stay local and only the adversarial one (which adds to it) reduce, or each step pays two all-reduces."""
+    from fb3stack.base.transformer.engine import Engine
+
+    local, calls = [False], []
+    real_no_sync, real_backward = Engine.no_sync, Engine.backward
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        with real_no_sync(self):
+            local[0] = True
+            yield
+            local[0] = False
+
+    def backward(self, loss):
+        calls.append(local[0])
+        real_backward(self, loss)
+
+    monkeypatch.setattr(Engine, "no_sync", no_sync)
+    monkeypatch.setattr(Engine, "backward", backward)
+    _fit(tiny, train_df, tmp_path, adversarial="fgm", adv_start_epoch=1, grad_accum=2, epochs=2)
+    # epoch 1: 3 clean backwards that reduce; epoch 2: per micro-batch, a local clean one then the reducing one
+    assert calls == [False] * 3 + [True, False] * 3

@@ -102,6 +102,11 @@ class EssayDataset(Dataset):
 
 
 class BucketBatchSampler(Sampler[list[int]]):
+    """Length-bucketed batches. Not transformers' LengthGroupedSampler: it sorts megabatches too but keeps their
+    batches in order (longest first, no shuffle of the batch order) and draws from torch's RNG, so it yields other
+    batches in another order (checked on 300 lengths: no batch in common) and would change every transformer
+    member's numbers; it also has no deterministic, length-sorted evaluation order to map back to rows."""
+
     def __init__(self, lengths: list[int], batch_size: int, shuffle: bool, seed: int = 0,
                  bucket_batches: int = 50) -> None:
         self.lengths, self.batch_size, self.shuffle = np.asarray(lengths), batch_size, shuffle
@@ -136,6 +141,12 @@ class BucketBatchSampler(Sampler[list[int]]):
 
 
 class Collator:
+    """Right-pads to the batch's longest essay; float32 labels when there are targets.
+
+    Not DataCollatorWithPadding: on 8 essays of 100-512 tokens it builds the same tensors but takes 2.4 ms a batch
+    against 0.2 ms here (tokenizer.pad goes through Python lists), needs the tokenizer object and a pad token
+    (folds fall back to id 0), and pads on the tokenizer's padding side."""
+
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 

@@ -6,8 +6,7 @@ Launch the usual command under `accelerate launch` (or `torchrun`); every proces
 
 * training batches: every process builds the same length-bucketed batch order (same seed) and takes every
   N-th batch, the last round filled with batches from the start so all processes step together;
-* gradients: DDP all-reduces them in backward (accelerate wraps the model after the optimiser is built, so
-  layer-wise LR groups keep their parameter names);
+* gradients: DDP all-reduces them in the backward that ends an accumulation round (Engine, on accelerate);
 * validation: rows are split into N disjoint shards, each process predicts its shard and the predictions are
   gathered by row index, so no row is dropped or counted twice and every process sees the same score;
 * artefacts: only the main process writes them (fb3stack.base.runner).
@@ -20,16 +19,11 @@ from collections.abc import Iterator
 
 import numpy as np
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 
 from fb3stack import dist
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.engine import Engine
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -86,22 +80,6 @@ def gather_rows(n: int, rows: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarr
     return tuple(out)
 
 
-class DDPEngine(Engine):
-    """Engine whose model is wrapped for DistributedDataParallel by accelerate once the optimiser exists."""
-
-    def __init__(self, model: nn.Module, amp: str = "auto", grad_accum: int = 1, max_grad_norm: float = 0.0) -> None:
-        from accelerate import Accelerator
-
-        # mixed precision stays with Engine.autocast, so CPU and GPU runs share one code path
-        self.accelerator = Accelerator(mixed_precision="no")
-        super().__init__(model, str(self.accelerator.device), amp, grad_accum, max_grad_norm)
-
-    def prepare(self, optimizer: object, scheduler: object) -> None:
-        super().prepare(optimizer, scheduler)
-        self.model = self.accelerator.prepare_model(self.model)
-
-
 def make_engine(model: nn.Module, cfg: TransformerConfig) -> Engine:
-    if dist.is_distributed():
-        return DDPEngine(model, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
+    """The training engine; under data parallelism accelerate gives it this process's device and wraps DDP."""
     return Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)

@@ -1,14 +1,17 @@
 """The one place that knows about hardware: device placement, autocast, backward, accumulation, clipping.
 
-The trainer only calls `to_device`, `autocast`, `accumulate`, `backward` and `step`. Data-parallel training
-maps onto these one for one (accelerate's `prepare`, `autocast`, `no_sync`/`accumulate`, `backward`,
-`clip_grad_norm_`), so swapping in `accelerate.Accelerator` means a new Engine, not a new trainer.
+Built on `accelerate.Accelerator`: it owns autocast, the fp16 GradScaler, DistributedDataParallel (the model is
+wrapped once the optimiser exists, so layer-wise LR groups keep their parameter names), loss scaling for gradient
+accumulation, no_sync between accumulation steps, unscale-then-clip, and the optimiser step. What stays here is
+what the project decides itself: which device and autocast dtype (`pick_device`, `pick_amp`), CPU threads, and
+the end of an accumulation round (see `Engine.accumulate`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from functools import cache
@@ -108,25 +111,74 @@ def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
+# the autocast dtype pick_amp chose, as accelerate's mixed_precision
+MIXED_PRECISION = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def make_accelerator(device: torch.device, amp_dtype: torch.dtype | None, grad_accum: int) -> object:
+    """An Accelerator for this device and autocast dtype.
+
+    accelerate keeps one state per process and refuses a second Accelerator with another mixed precision (or
+    cpu=True after a GPU one). One process trains members and predicts folds with different `amp`/`device`
+    settings one after another, so such a change starts a fresh state; engines are used one at a time. Under
+    data parallelism the process group lives in PartialState and is kept.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import GradientAccumulationPlugin
+
+    from fb3stack import dist
+
+    mixed_precision, cpu = MIXED_PRECISION[amp_dtype], device.type == "cpu"
+    partial, state = PartialState._shared_state, AcceleratorState._shared_state
+    moved = bool(partial) and partial["device"].type != device.type and not dist.is_distributed()
+    if moved or (state and state.get("_mixed_precision") != mixed_precision):
+        AcceleratorState._reset_state(reset_partial_state=moved)
+    # the plugin, not gradient_accumulation_steps=: an ACCELERATE_GRADIENT_ACCUMULATION_STEPS left in the
+    # environment by `accelerate launch` would otherwise override the config's grad_accum
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision,
+                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum))
+
+
 class Engine:
     def __init__(self, model: nn.Module, device: str = "auto", amp: str = "auto", grad_accum: int = 1,
                  max_grad_norm: float = 0.0) -> None:
-        self.device = pick_device(device)
-        self.amp_dtype = pick_amp(amp, self.device)
+        wanted = pick_device(device)
+        self.amp_dtype = pick_amp(amp, wanted)
+        self.accelerator = make_accelerator(wanted, self.amp_dtype, grad_accum)
+        self.device = self.accelerator.device  # under data parallelism, this process's GPU
+        # on the device before the optimiser is built (fused AdamW picks its kernels per device); DDP wraps it later
         self.model = model.to(self.device)
         self.grad_accum, self.max_grad_norm = grad_accum, max_grad_norm
-        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
-        self.micro_step = 0
-        # optimiser steps whose gradients overflowed (inf/NaN norm): GradScaler skips them and lowers its scale;
-        # counted on the device, read only when logged
+        self.micro_step, self._sync = 0, False
+        # optimiser steps whose gradients overflowed (inf/NaN norm after unscaling: exactly when GradScaler skips
+        # the step and lowers its scale), counted on the device and read only when logged. Not accelerate's
+        # optimizer_step_was_skipped: it watches whether optimizer.step() ran, but with fused AdamW GradScaler
+        # always calls step() and the kernel itself skips the update (torch.amp.GradScaler.step,
+        # _step_supports_amp_scaling), so it would never see a skip.
         self.skipped_steps = torch.zeros((), dtype=torch.long, device=self.device)
         if self.device.type == "cpu":
             limit_cpu_threads()
         logger.info("engine: %s, autocast %s, grad_accum %d", self.device, self.amp_dtype or "off (fp32)", grad_accum)
 
+    @property
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """accelerate's GradScaler: only for fp16 on a GPU (bf16 has fp32's range and needs no loss scaling)."""
+        return self.accelerator.scaler
+
     def prepare(self, optimizer: torch.optim.Optimizer, scheduler: object) -> None:
-        self.optimizer, self.scheduler = optimizer, scheduler
+        """Wrap the model (DDP when distributed) and the optimiser (GradScaler steps, steps only on sync rounds).
+
+        The scheduler stays ours: accelerate's wrapper steps it once per process per optimiser step (it assumes
+        the schedule was sized for the unsharded loader), ours is sized from this process's batches.
+        """
+        self.model = self.accelerator.prepare_model(self.model)
+        self.optimizer = self.accelerator.prepare_optimizer(optimizer)
+        self.scheduler = scheduler
+
+    @property
+    def unwrapped(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cpu":
@@ -135,39 +187,44 @@ class Engine:
         return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.accelerator.autocast()
 
     @property
     def sync_step(self) -> bool:
-        """True on the micro-batch that completes an accumulation round (the optimiser steps after it)."""
-        return self.micro_step >= self.grad_accum
+        """True inside and after the micro-batch that completes an accumulation round, until `step`."""
+        return self._sync
 
     @contextlib.contextmanager
-    def accumulate(self) -> Iterator[None]:
-        """Wraps one micro-batch's forward/backward passes; under DDP this is where no_sync would go."""
-        yield
+    def accumulate(self, last: bool = False) -> Iterator[None]:
+        """Wraps one micro-batch's forward/backward passes; `last`: the epoch's final micro-batch, which ends a
+        round early.
+
+        Not `Accelerator.accumulate`: it learns where an epoch ends only from a dataloader it prepared
+        (GradientState.end_of_dataloader), and ours are sharded by length-bucketed batches of our own. The rest is
+        the same: gradients stay local (no_sync) until the round's last micro-batch, and the wrapped optimiser
+        steps and zeroes only when `sync_gradients` is set.
+        """
         self.micro_step += 1
+        self._sync = self.micro_step >= self.grad_accum or last
+        self.accelerator.sync_gradients = self._sync
+        with contextlib.nullcontext() if self._sync else self.accelerator.no_sync(self.model):
+            yield
+
+    def no_sync(self) -> contextlib.AbstractContextManager:
+        """Backward passes inside keep their gradients local; the next synced backward all-reduces them too."""
+        return self.accelerator.no_sync(self.model)
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss = loss / self.grad_accum
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
+        self.accelerator.backward(loss)  # divides by grad_accum; scales for fp16
 
     def step(self) -> torch.Tensor:
         """Clip, step the optimiser and scheduler, zero grads; returns the pre-clip grad norm (a tensor)."""
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm if self.max_grad_norm > 0 else float("inf"))
-        # after unscale_ the norm is inf/NaN exactly when GradScaler finds an overflow and skips the step
+        # unscales first under fp16: the true gradients are clipped, not the scaled ones
+        norm = self.accelerator.clip_grad_norm_(params, self.max_grad_norm if self.max_grad_norm > 0 else math.inf)
         self.skipped_steps += (~torch.isfinite(norm)).long()
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.micro_step = 0
+        self.micro_step, self._sync = 0, False
         return norm

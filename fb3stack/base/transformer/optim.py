@@ -1,4 +1,4 @@
-"""AdamW with layer-wise learning-rate decay (LLRD) and warmup + cosine/linear schedules.
+"""AdamW with layer-wise learning-rate decay (LLRD), and transformers' warmup + cosine/linear/constant schedules.
 
 The top encoder layer learns at `lr`, each layer below at `llrd` times the one above, the embeddings one
 step below the bottom layer; the pooler and head learn at `head_lr`. Backbone parameters outside the layer
@@ -9,10 +9,11 @@ norm weights (every 1-D parameter) get no weight decay. Frozen parameters are le
 from __future__ import annotations
 
 import logging
-import math
+import warnings
 
 import torch
 from torch import nn
+from transformers import get_scheduler
 
 from fb3stack.base.transformer.backbone import embeddings_module, encoder_layers
 from fb3stack.base.transformer.config import TransformerConfig
@@ -65,18 +66,23 @@ def make_optimizer(model: nn.Module, cfg: TransformerConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, foreach=impl != "for-loop", **kwargs)
 
 
+# config names -> transformers' schedule names (ours all warm up first)
+SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
+
+
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TransformerConfig,
                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' warmup + cosine/linear/constant schedule, read one step in.
+
+    Its warmup factor is step/warmup, so its first optimiser step runs at lr 0; ours has always started at
+    1/(warmup+1) and reached 1 at `warmup`. The same curve over warmup+1 and total+1 steps, started at its step 1,
+    is exactly ours (bit for bit for cosine and constant; linear's decay is computed as (T-s)/(T-w), ours was
+    1-(s-w)/(T-w), equal up to rounding).
+    """
     warmup = int(cfg.warmup_ratio * total_steps)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        if cfg.scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if cfg.scheduler == "linear":
-            return 1.0 - progress
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    scheduler = get_scheduler(SCHEDULES[cfg.scheduler], optimizer, num_warmup_steps=warmup + 1,
+                              num_training_steps=total_steps + 1)
+    with warnings.catch_warnings():  # "lr_scheduler.step() before optimizer.step()": wanted here
+        warnings.filterwarnings("ignore", "Detected call of", UserWarning)
+        scheduler.step()
+    return scheduler

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from fb3stack.base.transformer.adversarial import AWP, FGM
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import loader_order
-from fb3stack.base.transformer.ddp import gather_rows, unwrap
+from fb3stack.base.transformer.ddp import gather_rows
 from fb3stack.base.transformer.engine import Engine
 from fb3stack.base.transformer.losses import LossFn
 from fb3stack.base.transformer.tracking import tracker_for
@@ -41,7 +42,7 @@ def predict(engine: Engine, loader: DataLoader, rows: np.ndarray | None = None, 
 
 @torch.inference_mode()
 def _predict_local(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.ndarray]:
-    model = unwrap(engine.model)
+    model = engine.unwrapped
     was_training = model.training
     model.eval()
     preds, feats = [], []
@@ -106,16 +107,19 @@ class Trainer:
             bar = tqdm(train_loader, desc=f"{self.desc} epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2)
             for i, batch in enumerate(bar):
                 batch = engine.to_device(batch)
-                with engine.accumulate():
-                    loss = self._loss(batch)
-                    engine.backward(loss)
+                with engine.accumulate(last=i + 1 == len(train_loader)):
+                    # with an adversary the clean gradients stay local: its backward all-reduces both at once
+                    # (so each process perturbs along its own batch's gradient)
+                    with engine.no_sync() if attack else contextlib.nullcontext():
+                        loss = self._loss(batch)
+                        engine.backward(loss)
                     if attack:
                         self.adversary.attack()
                         engine.backward(self._loss(batch))
                         self.adversary.restore()
                 run_loss += loss.detach().float()
                 run_n += 1
-                if not (engine.sync_step or i + 1 == len(train_loader)):
+                if not engine.sync_step:
                     continue
                 grad_norm = engine.step()
                 step += 1
@@ -138,7 +142,7 @@ class Trainer:
         self.tracker.close()
         if cfg.oof_checkpoint == "last":
             # the fold keeps what training ended with: its OOF was not chosen by looking at the fold's labels
-            save_model(unwrap(engine.model), str(self.checkpoint))
+            save_model(engine.unwrapped, str(self.checkpoint))
             preds, emb = self.last_preds, self.last_emb
         else:
             preds, emb = self.best_preds, self.best_emb
@@ -162,7 +166,7 @@ class Trainer:
         if improved:
             self.best, self.best_step, self.best_preds, self.best_emb, self.bad_evals = score, step, preds, emb, 0
             if self.cfg.oof_checkpoint == "best":
-                save_model(unwrap(self.engine.model), str(self.checkpoint))
+                save_model(self.engine.unwrapped, str(self.checkpoint))
         else:
             self.bad_evals += 1
         self.rows.append({"step": step, "epoch": round(epoch, 3), "train_loss": run_loss.item() / max(run_n, 1),
