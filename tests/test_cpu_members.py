@@ -98,9 +98,9 @@ def test_embedding_cache_reused_and_invalidated(prep, tmp_path: Path, monkeypatc
     calls: list[tuple[str, int, int]] = []
     encode = embeddings._encode
 
-    def counting(path, texts, max_len, *args):  # noqa: ANN001, ANN002, ANN202
-        calls.append((path, max_len, len(texts)))
-        return encode(path, texts, max_len, *args)
+    def counting(path, texts, enc, *args):  # noqa: ANN001, ANN002, ANN202
+        calls.append((path, enc.max_len, len(texts)))
+        return encode(path, texts, enc, *args)
 
     monkeypatch.setattr(embeddings, "_encode", counting)
     texts = prep.train[TEXT_COL].tolist()[:24]
@@ -121,6 +121,12 @@ def test_embedding_cache_reused_and_invalidated(prep, tmp_path: Path, monkeypatc
     assert len(calls) == 4, "precision change did not invalidate the cache"
     embeddings.embed_texts(texts, [MINILM], 32, cache_dir=cache, chunking="windows")
     assert len(calls) == 4, "the windows store was not reused"
+    embeddings.embed_texts(texts, [MINILM], 32, cache_dir=cache, layers=[4])
+    assert len(calls) == 5, "a change of pooled layer did not invalidate the cache"
+    embeddings.embed_texts(texts, [MINILM], 32, cache_dir=cache, layers=[-3])  # MiniLM-L6: -3 is layer 4
+    assert len(calls) == 5, "the same layer named from the end addressed another store"
+    embeddings.embed_texts(texts, [MINILM], 32, cache_dir=cache, pooler="max")
+    assert len(calls) == 6, "a pooler change did not invalidate the cache"
     calls.clear()
 
     # the same model under another folder with a changed config file is another backbone
@@ -152,6 +158,46 @@ def test_mtld_ranks_diverse_text_higher() -> None:
     assert text_features.mtld(diverse) > text_features.mtld(repetitive)
 
 
+def test_pooled_layers_are_the_full_models_hidden_states(prep) -> None:  # noqa: ANN001
+    """Layers above the deepest pooled one are cut off, yet each pooled vector is what the whole model's hidden
+    state of that layer gives; a text split in chunks is the token-weighted mean of its chunks."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_backbone_path(MINILM)
+    texts = prep.train[TEXT_COL].tolist()[:3]
+    got = embeddings._encode(path, texts, embeddings.Encoding(64, "truncate", "mean", (2, 4)), 2, 2)
+    tokenizer, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    assert len(embeddings._load(path, "float32", 4)[1].encoder.layer) == 4 < len(model.encoder.layer)
+    batch = tokenizer(texts, truncation=True, max_length=64, padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        states = model(**batch, output_hidden_states=True).hidden_states
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    want = [torch.nn.functional.normalize((states[k] * m).sum(1) / m.sum(1), dim=-1) for k in (2, 4)]
+    np.testing.assert_allclose(got, torch.cat(want, dim=-1).numpy(), atol=2e-5)
+
+    long = [" ".join(texts)]
+    body = 64 - 2  # [CLS] and [SEP] around each chunk
+    ids = tokenizer(long, add_special_tokens=False)["input_ids"][0]
+    assert len(ids) > 2 * body
+    joined = embeddings._encode(path, long, embeddings.Encoding(64, "windows", "mean", (4,)), 2, 2)
+    parts = []
+    with torch.inference_mode():
+        for i in range(0, len(ids), body):
+            piece = torch.tensor([[tokenizer.cls_token_id, *ids[i:i + body], tokenizer.sep_token_id]])
+            parts.append((model(input_ids=piece, output_hidden_states=True).hidden_states[4][0], piece.shape[1]))
+    weighted = sum(h.sum(0) for h, _ in parts) / sum(n for _, n in parts)
+    np.testing.assert_allclose(joined[0], torch.nn.functional.normalize(weighted, dim=0).numpy(), atol=2e-5)
+
+
+def test_frozen_embedding_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="layer 7 does not exist"):
+        embeddings.resolve_encoding(MINILM, layers=[7])
+    with pytest.raises(ValueError, match="pooler must be one of"):
+        embeddings.resolve_encoding(MINILM, pooler="attention")  # a learned pooler has nothing to learn from here
+    assert embeddings.resolve_encoding(MINILM, layers=[-1, 0]).layers == (6, 0)
+
+
 def test_chunks_cover_long_texts() -> None:
     ids = list(range(10))
     assert embeddings.chunk_ids(ids, 4, "truncate") == [[0, 1, 2, 3]]
@@ -164,10 +210,10 @@ def test_chunked_embedding_sees_the_end_of_a_long_text() -> None:
     path = resolve_backbone_path(MINILM)
     head = "The weather was fine and we walked to school together. " * 12
     texts = [head + "Dinosaurs roar loudly in the volcano.", head + "My grandmother bakes bread on Sunday."]
-    cut = embeddings._encode(path, texts, 32, "mean", 2, 2, "float32", "truncate")
+    cut = embeddings._encode(path, texts, embeddings.Encoding(32, "truncate"), 2, 2)
     np.testing.assert_allclose(cut[0], cut[1], atol=1e-6)  # the ending is past the first 32 tokens
     for chunking in ("head_tail", "windows"):
-        both = embeddings._encode(path, texts, 32, "mean", 2, 2, "float32", chunking)
+        both = embeddings._encode(path, texts, embeddings.Encoding(32, chunking), 2, 2)
         assert np.abs(both[0] - both[1]).max() > 1e-3, f"{chunking}: the ending changed nothing"
         np.testing.assert_allclose(np.linalg.norm(both, axis=1), 1.0, rtol=1e-5)
 

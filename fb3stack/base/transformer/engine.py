@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fb3stack.hardware import cpu_has_native_bf16
+
 logger = logging.getLogger(__name__)
 
 
@@ -60,10 +62,7 @@ def limit_cpu_threads() -> None:
 
 
 def cpu_bf16_supported() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    return cpu_has_native_bf16()  # the one test, shared with embedding precision "auto" (fb3stack.hardware)
 
 
 _logged: set[str] = set()
