@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fb3stack.blend.config import MethodSpec, load_blend_config
+from fb3stack.blend.config import MethodConfig, load_blend_config
 from fb3stack.blend.run import run_blend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,8 +45,8 @@ def main() -> None:
         args.split, args.n_folds, args.repeats, args.seed)
     cfg.outer.file = str(data / "extras" / "folds_yomura_4fold_seed42_multilabelstrat.csv")
     cfg.methods += [
-        MethodSpec("ridgecv", "ridge", {"alphas": [1.0, 10.0, 100.0, 1000.0], "prior": "none"}),
-        MethodSpec("lgbm-summary+len", "lgbm", {"n_estimators": 100}, meta=True),
+        MethodConfig("ridgecv", "ridge", {"alphas": [1.0, 10.0, 100.0, 1000.0], "prior": "none"}),
+        MethodConfig("lgbm-summary+len", "lgbm", {"n_estimators": 100}, meta=True),
     ]
     cfg.meta_features = ["n_words"]
 
@@ -56,7 +56,7 @@ def main() -> None:
     sel = load_blend_config(REPO / "configs" / "blends" / "sunpnwt12.yaml")
     sel.members, sel.outer = cfg.members, cfg.outer
     sel.selection.enabled = True
-    sel.methods = [MethodSpec("select+mean", "mean"), MethodSpec("select+slsqp-shrink", "scipy", {"shrink": 0.03})]
+    sel.methods = [MethodConfig("select+mean", "mean"), MethodConfig("select+slsqp-shrink", "scipy", {"shrink": 0.03})]
     t1 = time.perf_counter()
     res_sel = run_blend(sel, None, data / "fb3", write=False)
     total_sel = time.perf_counter() - t1

@@ -38,6 +38,8 @@ from pathlib import Path
 import pandas as pd
 from common import cpu_model, load_average, save_csv  # benchmarks/common.py, beside this script
 
+from fb3stack.hardware import cpu_has_native_bf16
+
 REPO = Path(__file__).resolve().parents[1]
 N_PREDICT = 2500
 
@@ -136,7 +138,7 @@ def main() -> None:
     import torch
 
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
-               "bf16_native": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+               "bf16_native": cpu_has_native_bf16(),
                "python": platform.python_version(), "zoo": args.zoo.name, "commit": git_commit(),
                "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
     csv_name = f"bench_cpu_zoo_{dt.datetime.now():%Y%m%d-%H%M%S}.csv"

@@ -564,13 +564,6 @@ def part_fp16(ctx: Ctx, deadline: float) -> None:
 # ------------------------------------------------------------------------------------------- output
 
 
-def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    body = "".join("| " + " | ".join(fmt(r.get(c, "")).replace("|", "/").replace("\n", " ") for c in columns)
-                   + " |\n" for r in rows)
-    return head + body
-
-
 def write_outputs(ctx: Ctx) -> str:
     import pandas as pd
 
@@ -579,7 +572,9 @@ def write_outputs(ctx: Ctx) -> str:
     machine = {k: v for k, v in ctx.facts.items()}
     facts = "".join(f"- **{k}**: {v}\n" for k, v in machine.items())
     table_cols = [c for c in COLUMNS if c != "note"]
-    table = markdown_table(ctx.rows, table_cols)
+    from fb3stack.report.markdown import markdown_table
+
+    table = markdown_table(table_cols, [[fmt(r.get(c, "")) for c in table_cols] for r in ctx.rows]) + "\n"
     notes = "".join(f"- part {r['part']} {r['model']} {r['max_len']} {r['attention']}: {r['note']}\n"
                     for r in ctx.rows if r.get("note"))
     none = "none\n"

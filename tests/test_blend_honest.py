@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fb3stack.blend.config import BlendConfig, MethodSpec
+from fb3stack.blend.config import BlendConfig, MethodConfig
 from fb3stack.blend.methods import MeanBlend, make_method
 from fb3stack.blend.nested import nested_cv, outer_splits
 from fb3stack.blend.run import SELECTED_ROW, honest_note, score_methods
@@ -44,8 +44,8 @@ def test_selector_fits_only_on_the_rows_it_is_given():
 def test_table_has_the_selected_row_and_the_note_names_it():
     P, y = members(seed=2)
     cfg = BlendConfig(members=["a", "b", "c", "d"],
-                      methods=[MethodSpec("mean", "mean"), MethodSpec("nnls", "nnls"),
-                               MethodSpec("ridge", "ridge", {"alpha": 10.0})])
+                      methods=[MethodConfig("mean", "mean"), MethodConfig("nnls", "nnls"),
+                               MethodConfig("ridge", "ridge", {"alpha": 10.0})])
     splits = outer_splits(len(y), None, n_folds=4, repeats=1, seed=0)
     table, oofs = score_methods(cfg, P, y, splits, None, ["a", "b", "c", "d"])
     assert SELECTED_ROW in set(table["name"]) and SELECTED_ROW in oofs

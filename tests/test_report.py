@@ -14,7 +14,7 @@ import pytest
 from length_member import LengthRidgeConfig
 
 from fb3stack.base.executors import run_local
-from fb3stack.blend.config import BlendConfig, MethodSpec
+from fb3stack.blend.config import BlendConfig, MethodConfig
 from fb3stack.blend.run import run_blend
 from fb3stack.cli.main import main
 from fb3stack.config import DataConfig, FoldsConfig, RunConfig
@@ -86,7 +86,7 @@ def ws(fb3_dir, tmp_path_factory):
     for name, alpha in (("len-a", 1.0), ("len-b", 300.0)):
         run_local([LengthRidgeConfig(name=name, kind="length-ridge", alpha=alpha)], prep)
     blend = BlendConfig(name="b", members=["len-a", "len-b"],
-                        methods=[MethodSpec("mean", "mean"), MethodSpec("slsqp", "scipy", {"method": "SLSQP"})])
+                        methods=[MethodConfig("mean", "mean"), MethodConfig("slsqp", "scipy", {"method": "SLSQP"})])
     run_blend(blend, root, fb3_dir)
     return prep.workspace
 
@@ -150,7 +150,7 @@ def test_report_without_labels_still_written_with_a_note(ws, tmp_path, monkeypat
 def test_stacker_explanations(ws, fb3_dir, tmp_path, kind, params, title):
     root = tmp_path / "ws"
     shutil.copytree(ws.root, root)
-    run_blend(BlendConfig(name="s", members=["len-a", "len-b"], methods=[MethodSpec("st", kind, params)]), root,
+    run_blend(BlendConfig(name="s", members=["len-a", "len-b"], methods=[MethodConfig("st", kind, params)]), root,
               fb3_dir)
     spec = pd.read_json(root / "blends" / "s" / "spec.json", typ="series").to_dict()
     what, df = explain_blend(root / "blends" / "s", spec)

@@ -227,7 +227,7 @@ def test_early_stopping_after_patience_evaluations(tiny, train_df, tmp_path):
 
 def test_fit_with_awp_accumulation_and_concat_pooler(tiny, train_df, tmp_path):
     result = _fit(tiny, train_df, tmp_path, adversarial="awp", adv_start_epoch=0, grad_accum=2,
-                  pooler="mean-last4-concat", pooler_layers=2, epochs=1)
+                  pooler="mean-concat", pooler_layers=2, epochs=1)
     assert result.preds.shape == (16, 6) and result.embeddings.shape == (16, 64)
     assert result.info["steps"] == 2  # 3 batches of 8, accumulated in pairs: 2 optimiser steps
     assert np.isfinite(result.preds).all()
@@ -257,3 +257,12 @@ def test_adversarial_pass_alone_all_reduces(tiny, train_df, tmp_path, monkeypatc
     _fit(tiny, train_df, tmp_path, adversarial="fgm", adv_start_epoch=1, grad_accum=2, epochs=2)
     # epoch 1: 3 clean backwards that reduce; epoch 2: per micro-batch, a local clean one then the reducing one
     assert calls == [False] * 3 + [True, False] * 3
+
+
+def test_renamed_pooler_still_read() -> None:
+    from fb3stack.base.transformer.poolers import MeanConcatPooler, make_pooler
+
+    old = make_pooler("mean-last4-concat", 8, pooler_layers=3)
+    assert isinstance(old, MeanConcatPooler) and old.out_dim == 24
+    with pytest.raises(ValueError, match="unknown pooler"):
+        make_pooler("mean-last5-concat", 8)

@@ -11,7 +11,7 @@ from fb3stack.config import ConfigError, apply_overrides, config_dir, from_dict,
 
 
 @dataclass
-class MethodSpec:
+class MethodConfig:
     """One method to try: `kind` names a registered blend method (fb3stack.blend.methods.BLEND_METHODS: built in
     or a plug-in's, docs/extending.md), `params` its constructor args."""
 
@@ -47,22 +47,22 @@ class SelectionConfig:
     min_gain: float = 0.0
 
 
-def default_methods() -> list[MethodSpec]:
+def default_methods() -> list[MethodConfig]:
     return [
-        MethodSpec("mean", "mean"),
-        MethodSpec("slsqp", "scipy", {"method": "SLSQP"}),
-        MethodSpec("slsqp-shrink", "scipy", {"method": "SLSQP", "shrink": 0.03}),
-        MethodSpec("slsqp-shared-shrink", "scipy", {"method": "SLSQP", "shrink": 0.01, "per_trait": False}),
+        MethodConfig("mean", "mean"),
+        MethodConfig("slsqp", "scipy", {"method": "SLSQP"}),
+        MethodConfig("slsqp-shrink", "scipy", {"method": "SLSQP", "shrink": 0.03}),
+        MethodConfig("slsqp-shared-shrink", "scipy", {"method": "SLSQP", "shrink": 0.01, "per_trait": False}),
         # shrink picked inside each fit by an inner CV, so nothing about it was tuned on the nested score
-        MethodSpec("slsqp-shared-shrink-cv", "scipy", {"method": "SLSQP", "per_trait": False,
+        MethodConfig("slsqp-shared-shrink-cv", "scipy", {"method": "SLSQP", "per_trait": False,
                                                        "shrink_grid": [0.0, 0.003, 0.01, 0.03, 0.1, 0.3]}),
-        MethodSpec("nelder-mead", "scipy", {"method": "Nelder-Mead", "bounds": None, "maxiter": 50}),
-        MethodSpec("nnls", "nnls"),
-        MethodSpec("caruana", "hillclimb"),
-        MethodSpec("caruana-negative", "hillclimb", {"allow_negative": True}),
-        MethodSpec("caruana-bagged", "hillclimb", {"n_bags": 20, "per_trait": False}),
-        MethodSpec("ridge-on-mean", "ridge", {"alpha": 100.0}),
-        MethodSpec("ridge-cross-trait", "ridge", {"alpha": 3000.0, "cross_trait": True}),
+        MethodConfig("nelder-mead", "scipy", {"method": "Nelder-Mead", "bounds": None, "maxiter": 50}),
+        MethodConfig("nnls", "nnls"),
+        MethodConfig("caruana", "hillclimb"),
+        MethodConfig("caruana-negative", "hillclimb", {"allow_negative": True}),
+        MethodConfig("caruana-bagged", "hillclimb", {"n_bags": 20, "per_trait": False}),
+        MethodConfig("ridge-on-mean", "ridge", {"alpha": 100.0}),
+        MethodConfig("ridge-cross-trait", "ridge", {"alpha": 3000.0, "cross_trait": True}),
     ]
 
 
@@ -72,9 +72,9 @@ class BlendConfig:
     # workspace member names, OOF file paths or glob patterns (fb3stack.config.resolve_path: the YAML's folder,
     # then the current folder)
     members: list[str] = field(default_factory=list)
-    methods: list[MethodSpec] = field(default_factory=default_methods)
+    methods: list[MethodConfig] = field(default_factory=default_methods)
     # appended to `methods`, so a YAML can add a method (e.g. the LightGBM stacker) and keep the default list
-    extra_methods: list[MethodSpec] = field(default_factory=list)
+    extra_methods: list[MethodConfig] = field(default_factory=list)
     outer: OuterConfig = field(default_factory=OuterConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     meta_features: list[str] = field(default_factory=list)  # n_words, n_chars, n_paragraphs, n_sentences

@@ -23,7 +23,7 @@ import joblib
 import numpy as np
 import pandas as pd
 
-from fb3stack.blend.config import BlendConfig, MethodSpec
+from fb3stack.blend.config import BlendConfig, MethodConfig
 from fb3stack.blend.fitted import MODEL_FILE, SPEC_FILE
 from fb3stack.blend.inputs import BlendInput, load_members, member_folds, meta_features, workspace_label_ids
 from fb3stack.blend.methods import Blender, make_method
@@ -74,7 +74,7 @@ def resolve_outer(cfg: BlendConfig, members: list[BlendInput], labels: pd.DataFr
 SELECTED_ROW = "selected-by-inner-CV"
 
 
-def build_method(spec: MethodSpec, cfg: BlendConfig) -> Blender:
+def build_method(spec: MethodConfig, cfg: BlendConfig) -> Blender:
     model = make_method(spec.kind, spec.params)
     s = cfg.selection
     if s.enabled:

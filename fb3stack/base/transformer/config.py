@@ -50,7 +50,7 @@ class TransformerConfig(MemberConfig):
     reinit_layers: int = 0  # the top N encoder layers start from fresh weights
     # pooling and head
     pooler: str = "attention"  # see poolers.POOLERS
-    pooler_layers: int = 4  # layers used by weighted-layer / mean-last4-concat
+    pooler_layers: int = 4  # layers used by weighted-layer / mean-concat
     gem_p: float = 3.0
     head_dropout: float = 0.1
     msd_samples: int = 1  # multi-sample dropout: average the head over this many dropout masks

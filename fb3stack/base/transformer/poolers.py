@@ -6,10 +6,13 @@ first) when `needs_hidden_states` is set, and the attention mask (B, T); it retu
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+logger = logging.getLogger(__name__)
 
 Hidden = tuple[torch.Tensor, ...] | None
 
@@ -97,8 +100,8 @@ class WeightedLayerPooler(Pooler):
         return masked_mean((w * stacked).sum(0), mask)
 
 
-class MeanLastConcatPooler(Pooler):
-    """Masked means of each of the last N layers, concatenated (N x hidden features)."""
+class MeanConcatPooler(Pooler):
+    """Masked means of each of the last N (`pooler_layers`) layers, concatenated (N x hidden features)."""
 
     needs_hidden_states = True
 
@@ -108,7 +111,7 @@ class MeanLastConcatPooler(Pooler):
         self.out_dim = hidden * pooler_layers
 
     def forward(self, last: torch.Tensor, hidden_states: Hidden, mask: torch.Tensor) -> torch.Tensor:
-        assert hidden_states is not None, "mean-last4-concat pooling needs output_hidden_states"
+        assert hidden_states is not None, "mean-concat pooling needs output_hidden_states"
         return torch.cat([masked_mean(h, mask) for h in hidden_states[-self.n:]], dim=-1)
 
 
@@ -120,11 +123,16 @@ POOLERS: dict[str, Callable[..., Pooler]] = {
     "gem": GeMPooler,
     "attention": AttentionPooler,
     "weighted-layer": WeightedLayerPooler,
-    "mean-last4-concat": MeanLastConcatPooler,
+    "mean-concat": MeanConcatPooler,
 }
+# earlier names: still read, so configs written for them keep working
+RENAMED = {"mean-last4-concat": "mean-concat"}
 
 
 def make_pooler(name: str, hidden: int, **kwargs: object) -> Pooler:
+    if name in RENAMED:
+        logger.warning("pooler %r is now called %r", name, RENAMED[name])
+        name = RENAMED[name]
     if name not in POOLERS:
         raise ValueError(f"unknown pooler {name!r}; known: {sorted(POOLERS)}")
     return POOLERS[name](hidden, **kwargs)
