@@ -115,3 +115,27 @@ def test_shipped_blend_configs_parse():
     for path in sorted(root.glob("*.yaml")):
         cfg = load_blend_config(path)
         assert cfg.members and cfg.methods, path
+
+
+def test_unchanged_blend_is_reused_changed_or_damaged_is_not(tmp_path, zoo, fb3_dir, monkeypatch):
+    import fb3stack.blend.run as blend_run
+
+    names = ["debertav3l_s42_pl1", "robertal_s42_pl1"]
+    cfg_path = write_cfg(tmp_path / "r.yaml", name="reuse", members=names, methods=METHODS[:2])
+    first = run_blend(load_blend_config(cfg_path), zoo.root, fb3_dir)
+    scored: list[int] = []
+    real = blend_run.score_methods
+    monkeypatch.setattr(blend_run, "score_methods", lambda *a, **k: (scored.append(1), real(*a, **k))[1])
+
+    again = run_blend(load_blend_config(cfg_path), zoo.root, fb3_dir)
+    assert scored == [], "an unchanged blend was scored again"
+    assert (again.chosen, again.honest, again.blend_dir) == (first.chosen, first.honest, first.blend_dir)
+    np.testing.assert_allclose(again.oof, first.oof)
+    pd.testing.assert_frame_equal(again.table, first.table, check_exact=False, rtol=1e-12)
+
+    (first.blend_dir / "table.md").write_text("edited by hand")
+    run_blend(load_blend_config(cfg_path), zoo.root, fb3_dir)
+    assert scored == [1], "a blend whose files no longer match their seal was reused"
+    write_cfg(cfg_path, name="reuse", members=names, methods=METHODS[:3])
+    changed = run_blend(load_blend_config(cfg_path), zoo.root, fb3_dir)
+    assert scored == [1, 1] and "ridge" in set(changed.table["name"]), "a changed config reused the old blend"

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+from joblib import Parallel, delayed, effective_n_jobs
 from sklearn.base import clone
 from sklearn.model_selection import KFold
 from threadpoolctl import threadpool_limits
@@ -83,34 +84,42 @@ class NestedResult:
 
 
 def nested_cv(estimator: Blender, X: np.ndarray | list[np.ndarray], y: np.ndarray, splits: list[OuterSplit],
-              meta: np.ndarray | None = None, keep_fitted: bool = False) -> NestedResult:
-    """Fit a clone of `estimator` on each split's train rows; predict and score only its held-out rows."""
+              meta: np.ndarray | None = None, keep_fitted: bool = False, n_jobs: int = 1) -> NestedResult:
+    """Fit a clone of `estimator` on each split's train rows; predict and score only its held-out rows.
+
+    `n_jobs` > 1 (or -1: every core) fits the outer folds in parallel processes; each fold's fit is the same
+    computation either way, so the numbers do not change. Worth it only for costly estimators (the selector
+    that runs a whole inner CV of every method per outer fold), not for a weight fit of milliseconds.
+    """
     P, y = as_stack(X), np.asarray(y, dtype=np.float64)
     t0 = time.perf_counter()
     repeats = list(_iter_repeats(splits))
     oof = np.full((len(repeats), *y.shape), np.nan)
-    fitted = []
-    with threadpool_limits(limits=_BLAS_THREADS, user_api="blas"):
-        _run_splits(estimator, P, y, repeats, meta, oof, fitted if keep_fitted else None)
-    rmse = np.stack([rmse_per_trait(y, o) for o in oof])
-    return NestedResult(oof, rmse, time.perf_counter() - t0, fitted)
-
-
-def _run_splits(estimator: Blender, P: np.ndarray, y: np.ndarray, repeats: list[tuple[int, list[OuterSplit]]],
-                meta: np.ndarray | None, oof: np.ndarray, fitted: list[Blender] | None) -> None:
-    for i, (_, parts) in enumerate(repeats):
-        for s in parts:
-            if np.intersect1d(s.train_idx, s.test_idx).size:
-                raise ValueError(f"outer split repeat {s.repeat} fold {s.fold}: train and held-out rows overlap")
-            model = clone(estimator)
-            m_tr = None if meta is None else meta[s.train_idx]
-            m_te = None if meta is None else meta[s.test_idx]
-            model.fit(P[:, s.train_idx], y[s.train_idx], meta=m_tr)
-            oof[i, s.test_idx] = model.predict(P[:, s.test_idx], meta=m_te)
-            if fitted is not None:
-                fitted.append(model)
+    jobs = [(i, s) for i, (_, parts) in enumerate(repeats) for s in parts]
+    for _, s in jobs:
+        if np.intersect1d(s.train_idx, s.test_idx).size:
+            raise ValueError(f"outer split repeat {s.repeat} fold {s.fold}: train and held-out rows overlap")
+    if n_jobs == 1 or len(jobs) == 1:
+        done = [_fit_split(estimator, P, y, meta, s) for _, s in jobs]
+    else:
+        done = Parallel(n_jobs=min(len(jobs), effective_n_jobs(n_jobs)))(
+            delayed(_fit_split)(estimator, P, y, meta, s) for _, s in jobs)
+    for (i, s), (pred, _) in zip(jobs, done):
+        oof[i, s.test_idx] = pred
+    for i in range(len(repeats)):
         if np.isnan(oof[i]).any():
             raise ValueError(f"outer splits of repeat {i} do not cover every row")
+    rmse = np.stack([rmse_per_trait(y, o) for o in oof])
+    return NestedResult(oof, rmse, time.perf_counter() - t0, [m for _, m in done] if keep_fitted else [])
+
+
+def _fit_split(estimator: Blender, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None, s: OuterSplit
+               ) -> tuple[np.ndarray, Blender]:
+    m_tr = None if meta is None else meta[s.train_idx]
+    m_te = None if meta is None else meta[s.test_idx]
+    with threadpool_limits(limits=_BLAS_THREADS, user_api="blas"):
+        model = clone(estimator).fit(P[:, s.train_idx], y[s.train_idx], meta=m_tr)
+        return model.predict(P[:, s.test_idx], meta=m_te), model
 
 
 def in_sample(estimator: Blender, X: np.ndarray | list[np.ndarray], y: np.ndarray,

@@ -33,10 +33,10 @@ from fb3stack.config import ConfigError, config_dir, resolve_path, to_dict
 from fb3stack.constants import FOLD_COL, ID_COL, SCORE_MAX, SCORE_MIN, TARGETS
 from fb3stack.data import fingerprint, load_train, resolve_data_dir
 from fb3stack.folds import read_folds
-from fb3stack.io import atomic_dir, sha256_json, write_csv, write_json, write_parquet, write_text, write_yaml
+from fb3stack.io import atomic_dir, read_json, sha256_json, write_csv, write_json, write_parquet, write_text, write_yaml
 from fb3stack.metrics import rmse_per_trait
 from fb3stack.report.markdown import markdown_table
-from fb3stack.workspace import Workspace, seal_folder, write_manifest
+from fb3stack.workspace import Workspace, read_manifest, seal_folder, stale_reasons, verify_folder, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def score_methods(cfg: BlendConfig, P: np.ndarray, y: np.ndarray, splits: list[O
     if cfg.honest_selection and len(cfg.methods) > 1:
         sel = build_selector(cfg)
         t0 = time.perf_counter()
-        res = nested_cv(sel, P, y, splits, meta=meta)
+        res = nested_cv(sel, P, y, splits, meta=meta, n_jobs=-1)  # a whole inner CV per fold: worth the processes
         _, ins, _ = in_sample(sel, P, y, meta=meta)
         rows.append(_row(SELECTED_ROW, "selection", ins, res.per_trait, res.mcrmse_std, time.perf_counter() - t0))
         oofs[SELECTED_ROW] = res.mean_oof
@@ -187,6 +187,21 @@ def manifest_hashes(cfg: BlendConfig, labels: pd.DataFrame, members: list[BlendI
             "folds_hash": sha256_json(outer_desc if outer_folds is None else outer_folds.tolist())}
 
 
+def _unchanged_blend(folder: Path, hashes: dict[str, str], member_hashes: dict[str, str | None]
+                     ) -> BlendResult | None:
+    """The saved blend, when it was made from exactly these labels, config, members (content) and folds and its
+    files are intact: scoring every method again would give the same table (the methods are seeded)."""
+    if not folder.is_dir() or stale_reasons(folder, **hashes) or verify_folder(folder):
+        return None
+    if (read_manifest(folder) or {}).get("member_hashes") != member_hashes:
+        return None
+    spec, oof = read_json(folder / SPEC_FILE), pd.read_parquet(folder / "oof.parquet")
+    logger.info("blend %s: made from these exact members, config and folds; reused (%s)", spec["name"], folder)
+    folds = oof[FOLD_COL].to_numpy() if FOLD_COL in oof else None
+    return BlendResult(pd.read_csv(folder / "table.csv"), spec["method"], folder,
+                       oof[list(TARGETS)].to_numpy(), spec["outer"], folds, spec.get("honest_mcrmse"))
+
+
 def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: str | os.PathLike | None = None,
               write: bool = True, labels: pd.DataFrame | None = None) -> BlendResult:
     """Score every method, keep the best by nested score, write blends/<name>/.
@@ -205,6 +220,10 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
     names = [m.name for m in members]
     P, y = np.stack([m.preds for m in members]), labels[list(TARGETS)].to_numpy(dtype=np.float64)
     splits, outer_folds, outer_desc = resolve_outer(cfg, members, labels, base_dir)
+    hashes = manifest_hashes(cfg, labels, members, outer_desc, outer_folds)
+    member_hashes = {m.name: m.content_hash for m in members}
+    if write and ws is not None and (saved := _unchanged_blend(ws.blend_dir(cfg.name), hashes, member_hashes)):
+        return saved
     meta = meta_features(labels, cfg.meta_features) if any(s.meta for s in cfg.methods) else None
     logger.info("blending %d members over %d essays; outer folds: %s", len(members), len(y), outer_desc)
     table, oofs = score_methods(cfg, P, y, splits, meta, names)
@@ -240,9 +259,9 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
         write_parquet(tmp / "oof.parquet", oof)
         write_csv(tmp / "table.csv", table)
         write_text(tmp / "table.md", to_markdown(table, chosen, outer_desc))
-        write_manifest(tmp, **manifest_hashes(cfg, labels, members, outer_desc, outer_folds),
+        write_manifest(tmp, **hashes,
                        # what prediction checks: the blend is used only with exactly these member models
-                       member_hashes={m.name: m.content_hash for m in members})
+                       member_hashes=member_hashes)
         seal_folder(tmp)
     result.blend_dir = target
     return result
