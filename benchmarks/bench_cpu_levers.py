@@ -1,6 +1,9 @@
 """Which CPU-zoo levers pay, measured on a trained CPU-zoo workspace (e.g. one kept by bench_cpu_zoo.py --keep).
 
 Prints, and saves to benchmarks/results/cpu_levers.csv (with the machine and load average):
+- layers: ridge on MiniLM's mean-pooled hidden state of each layer and of concatenations (one model pass with
+  every layer, sliced: each layer's vector is normalised on its own, so a slice is that layer's embedding), as
+  a member (OOF) and in the blend in place of embed-ridge-minilm;
 - chunking: ridge (alpha per trait by leave-one-out CV on training rows) on MiniLM embeddings cut at 512 tokens
   vs head+tail chunks, as a member (OOF) and in the blend (nested LightGBM stacker and SLSQP);
 - heads: the blend with and without the SVR member;
@@ -82,17 +85,30 @@ def main() -> None:
                 "nested_slsqp": nested_cv(ScipyWeights(method="SLSQP"), P_, y, splits).mcrmse}
 
     record("baseline", "+".join(names), **blend(P))
-    # chunking: ridge on 512-token cut vs head+tail chunks of the same MiniLM
-    t0 = time.perf_counter()
-    cut = embed_texts(texts, [MINILM], 512, cache_dir=ws.cache_dir("embeddings"), chunking="truncate")
-    head_tail = embed_texts(texts, [MINILM], 512, cache_dir=ws.cache_dir("embeddings"), chunking="head_tail")
-    print(f"(embeddings ready in {time.perf_counter() - t0:.0f} s)", flush=True)
-    for variant, x in (("ridge on 512 cut", cut), ("ridge on head+tail 512", head_tail)):
+
+    def as_member(x: np.ndarray) -> tuple[float, np.ndarray]:
         oof = ridge_oof(x, y, folds)
         swapped = P.copy()
         if "embed-ridge-minilm" in names:
             swapped[names.index("embed-ridge-minilm")] = oof
-        record("chunking", variant, member_oof=mcrmse(y, oof), **blend(swapped))
+        return mcrmse(y, oof), swapped
+
+    # layers: which hidden states of MiniLM to pool (0 = embedding output, 6 = last)
+    cache = ws.cache_dir("embeddings")
+    every = embed_texts(texts, [MINILM], 512, cache_dir=cache, layers=list(range(7)))
+    dim = every.shape[1] // 7
+    for layers in [(0,), (1,), (2,), (3,), (4,), (5,), (6,), (2, 4), (3, 4), (2, 3, 4), (1, 2, 4), tuple(range(7))]:
+        x = np.hstack([every[:, k * dim:(k + 1) * dim] for k in layers])
+        member, swapped = as_member(x)
+        record("layers", "ridge on layers " + "+".join(map(str, layers)), member_oof=member, **blend(swapped))
+    # chunking: ridge on 512-token cut vs head+tail chunks, layers 2 + 4 as the default member
+    t0 = time.perf_counter()
+    cut = embed_texts(texts, [MINILM], 512, cache_dir=cache, chunking="truncate", layers=[2, 4])
+    head_tail = embed_texts(texts, [MINILM], 512, cache_dir=cache, chunking="head_tail", layers=[2, 4])
+    print(f"(embeddings ready in {time.perf_counter() - t0:.0f} s)", flush=True)
+    for variant, x in (("ridge on layers 2+4, 512 cut", cut), ("ridge on layers 2+4, head+tail 512", head_tail)):
+        member, swapped = as_member(x)
+        record("chunking", variant, member_oof=member, **blend(swapped))
     # heads: is the SVR member still worth its fit time and bundle size next to the ridge one?
     if "embed-svr-minilm" in names:
         keep = [i for i, n in enumerate(names) if n != "embed-svr-minilm"]
