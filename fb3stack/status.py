@@ -109,14 +109,9 @@ def member_status(root: Path, check: Check) -> list[dict[str, Any]]:
         folds = []
         for k in range(n_folds or 0):
             done = model_dir.is_dir() and fold_done(model_dir, k)
-            if state == "stale" and done:
-                folds.append("stale")
-            elif done:
-                folds.append("done")
-            elif any(model_dir.glob(f".fold{k}.*.tmp")):
-                folds.append("partial")  # a run was killed inside this fold; training restarts it
-            else:
-                folds.append("missing")
+            # partial: a run was killed inside this fold; training restarts it
+            folds.append(("stale" if state == "stale" else "done") if done else
+                         "partial" if any(model_dir.glob(f".fold{k}.*.tmp")) else "missing")
         metrics = model_dir / "metrics.json"
         if not state:
             finished = metrics.is_file() and (model_dir / "oof.parquet").is_file()
@@ -260,8 +255,8 @@ def collect(workspace: str | os.PathLike, cfg: RunConfig | None = None, data_dir
 
 
 def human_bytes(n: int | float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
+    for unit in ("B", "KB", "MB"):
+        if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} GB"

@@ -26,7 +26,8 @@ def test_train_resume_oof_and_reload(fb3_dir, tmp_path, monkeypatch):
     prep = prepare(RunConfig(data=DataConfig(data_dir=str(fb3_dir), limit=64), folds=FoldsConfig(n_folds=2, seed=0)),
                    workspace=tmp_path / "ws")
     backbone = build_tiny_deberta(tmp_path / "tiny", prep.train["full_text"])
-    cfg = tiny_config(backbone, epochs=2, eval_every=2, adversarial="fgm", adv_start_epoch=1, msd_samples=2)
+    cfg = tiny_config(backbone, epochs=2, eval_every=2, adversarial="fgm", adv_start_epoch=1, msd_samples=2,
+                      tracking="tensorboard")
 
     # first run: fold 1 dies mid-run, as a killed job would
     real_fit, calls = TransformerMember.fit_fold, []
@@ -58,6 +59,7 @@ def test_train_resume_oof_and_reload(fb3_dir, tmp_path, monkeypatch):
     for k in range(2):
         hist = pd.read_csv(model_dir / f"fold{k}" / "history.csv")
         assert len(hist) >= 3  # every 2 steps and at each epoch end
+        assert list((model_dir / f"fold{k}" / "tensorboard").glob("events.out.tfevents.*"))  # tracked in the fold
         assert hist["train_loss"].iloc[-1] < hist["train_loss"].iloc[0], hist  # the loss falls
         assert hist["valid_mcrmse"].min() == pytest.approx(pd.read_json(model_dir / f"fold{k}" / "metrics.json",
                                                                         typ="series")["mcrmse"])

@@ -71,8 +71,7 @@ def _header(status: dict[str, Any]) -> list[str]:
     cfg = status["config"] or "none"
     lines = [f"workspace {status['workspace']}  (compared with {cfg}, from {status['config_from'] or '-'})"]
     lines += [f"! {p}" for p in status["problems"]]
-    files = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in status["files"].items())
-    lines.append(files)
+    lines.append(", ".join(f"{k} {'yes' if v else 'no'}" for k, v in status["files"].items()))
     return lines
 
 
@@ -93,6 +92,7 @@ def render_plain(status: dict[str, Any]) -> str:
 def render_rich(status: dict[str, Any]) -> None:
     try:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
     except ImportError:
         print(render_plain(status))
@@ -105,13 +105,7 @@ def render_rich(status: dict[str, Any]) -> None:
         for h in header:
             table.add_column(h, overflow="fold")
         for row in rows:
-            table.add_row(*[f"[{STYLE[c]}]{c}[/]" if c in STYLE else _escape(c) for c in row])
+            table.add_row(*[f"[{STYLE[c]}]{c}[/]" if c in STYLE else escape(str(c)) for c in row])
         if not rows:
             table.add_row(*(["(none)"] + [""] * (len(header) - 1)))
         console.print(table)
-
-
-def _escape(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(str(text))

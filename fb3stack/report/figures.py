@@ -7,6 +7,7 @@ correlations, a CPU zoo has no training curves).
 from __future__ import annotations
 
 import io
+from functools import reduce
 
 import numpy as np
 import pandas as pd
@@ -85,9 +86,7 @@ def correlations(oofs: dict[str, pd.DataFrame], y: pd.DataFrame | None = None) -
     names = list(oofs)
     if len(names) < 2:
         return None
-    ids = oofs[names[0]].index
-    for n in names[1:]:
-        ids = ids.intersection(oofs[n].index)
+    ids = reduce(pd.Index.intersection, [oof.index for oof in oofs.values()])
     P = np.stack([oofs[n].loc[ids, list(TARGETS)].to_numpy(dtype=float) for n in names])  # (m, n, 6)
     per_trait = [np.corrcoef(P[:, :, k]) for k in range(len(TARGETS))]
     panels = [("averaged over traits", np.mean(per_trait, axis=0))] + list(zip(TARGETS, per_trait))
@@ -150,21 +149,15 @@ def methods(table: pd.DataFrame, chosen: str, honest: str) -> Figure | None:
     ax.scatter(ins, y, facecolors="white", edgecolors=ORANGE, s=40, zorder=3, label="in-sample (optimistic)")
     ax.errorbar(nes, y, xerr=np.where(std > 0, std, np.nan), fmt="o", color=BLUE, ms=6, zorder=4, capsize=3,
                 label="nested CV (honest)")
-    labels = []
-    for i, name in enumerate(rows["name"].astype(str)):
-        tag = ""
-        if name == chosen:
-            tag = "  ◀ chosen"
-        if name == honest and honest != chosen:
-            tag += "  ◀ honest score"
-        labels.append(name + tag)
-        if name in (chosen, honest):
-            ax.axhspan(i - 0.45, i + 0.45, color=GREEN, alpha=0.15, lw=0)
     if np.isfinite(best_member):
         ax.axvline(best_member, color=RED, ls=":", lw=1.2, label=f"best single member ({best_member:.4f})")
-    ax.set_yticks(y, labels, fontsize=9)
-    for tick, name in zip(ax.get_yticklabels(), rows["name"].astype(str)):
+    names = rows["name"].astype(str).tolist()
+    tags = [("  ◀ chosen" if n == chosen else "") + ("  ◀ honest score" if n == honest != chosen else "")
+            for n in names]
+    ax.set_yticks(y, [n + tag for n, tag in zip(names, tags)], fontsize=9)
+    for i, (tick, name) in enumerate(zip(ax.get_yticklabels(), names)):
         if name in (chosen, honest):
+            ax.axhspan(i - 0.45, i + 0.45, color=GREEN, alpha=0.15, lw=0)
             tick.set_fontweight("bold")
     ax.set_ylim(-0.6, len(rows) - 0.4)
     ax.set_xlabel("MCRMSE (lower is better)")
@@ -173,9 +166,10 @@ def methods(table: pd.DataFrame, chosen: str, honest: str) -> Figure | None:
     return fig
 
 
-def _trait_grid(height: float = 6.4) -> tuple[Figure, np.ndarray]:
+def _trait_grid(height: float = 6.4, **share: bool) -> tuple[Figure, np.ndarray]:
+    """One panel per trait, 2 x 3; `share`: subplots' sharex / sharey."""
     fig = new_figure(13, height)
-    return fig, np.asarray(fig.subplots(2, 3, sharey=True)).ravel()
+    return fig, np.asarray(fig.subplots(2, 3, **share)).ravel()
 
 
 def _finish_trait_grid(fig: Figure, axes: np.ndarray, ylabel: str, title: str, legend_loc: str = "best") -> Figure:
@@ -191,7 +185,7 @@ def residuals_vs_truth(pred: pd.DataFrame, y: pd.DataFrame, who: str) -> Figure 
     ids = pred.index.intersection(y.index)
     if not len(ids):
         return None
-    fig, axes = _trait_grid()
+    fig, axes = _trait_grid(sharey=True)
     grid = np.arange(SCORE_MIN, SCORE_MAX + SCORE_STEP / 2, SCORE_STEP)
     for ax, t in zip(axes, TARGETS):
         true = y.loc[ids, t].to_numpy(float)
@@ -222,7 +216,7 @@ def residuals_vs_length(pred: pd.DataFrame, y: pd.DataFrame, words: pd.Series, w
     edges = np.unique(np.quantile(n, np.linspace(0, 1, 11)))
     bins = np.clip(np.searchsorted(edges, n, side="right") - 1, 0, len(edges) - 2)
     centers = np.array([np.median(n[bins == b]) for b in range(len(edges) - 1)])
-    fig, axes = _trait_grid()
+    fig, axes = _trait_grid(sharey=True)
     for ax, t in zip(axes, TARGETS):
         res = pred.loc[ids, t].to_numpy(float) - y.loc[ids, t].to_numpy(float)
         ax.scatter(n, res, s=4, alpha=0.25, color=GREY, lw=0)
@@ -241,8 +235,7 @@ def distributions(pred: pd.DataFrame, y: pd.DataFrame, who: str) -> Figure | Non
     ids = pred.index.intersection(y.index)
     if not len(ids):
         return None
-    fig = new_figure(13, 6.0)
-    axes = np.asarray(fig.subplots(2, 3, sharex=True)).ravel()
+    fig, axes = _trait_grid(6.0, sharex=True)
     grid = np.arange(SCORE_MIN, SCORE_MAX + SCORE_STEP / 2, SCORE_STEP)
     for ax, t in zip(axes, TARGETS):
         true = y.loc[ids, t].to_numpy(float)

@@ -78,28 +78,27 @@ def read_members(root: Path) -> tuple[list[MemberInfo], dict[str, pd.DataFrame]]
         members.append(MemberInfo(name, m.get("kind"), float(m["mcrmse"]), {t: float(m["rmse"][t]) for t in TARGETS},
                                   [float(f["mcrmse"]) for f in folds if "mcrmse" in f],
                                   float(sum(f.get("seconds", 0.0) for f in folds))))
-        oof = pd.read_parquet(ws.model_dir(name) / "oof.parquet")
-        oofs[name] = oof.assign(**{ID_COL: oof[ID_COL].astype(str)}).set_index(ID_COL)[list(TARGETS)]
+        oofs[name] = read_oof(ws.model_dir(name) / "oof.parquet")
     return members, oofs
+
+
+def read_oof(path: Path) -> pd.DataFrame:
+    """An oof.parquet's trait predictions indexed by text id (as str, so labels and OOFs always align)."""
+    oof = pd.read_parquet(path)
+    return oof.assign(**{ID_COL: oof[ID_COL].astype(str)}).set_index(ID_COL)[list(TARGETS)]
 
 
 def read_histories(root: Path) -> dict[str, list[tuple[int, pd.DataFrame]]]:
     out: dict[str, list[tuple[int, pd.DataFrame]]] = {}
-    models = root / "models"
-    if not models.is_dir():
-        return out
-    for model_dir in sorted(p for p in models.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        runs = []
-        for f in sorted(model_dir.glob("fold[0-9]*/history.csv"), key=lambda p: int(p.parent.name[4:])):
-            try:
-                hist = pd.read_csv(f)
-            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-                logger.warning("%s: unreadable training history (%s), left out of the report", f, err)
-                continue
-            if "step" in hist.columns and len(hist):
-                runs.append((int(f.parent.name[4:]), hist))
-        if runs:
-            out[model_dir.name] = runs
+    for f in sorted(root.glob("models/[!.]*/fold[0-9]*/history.csv"),
+                    key=lambda f: (f.parent.parent.name, int(f.parent.name[4:]))):
+        try:
+            hist = pd.read_csv(f)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            logger.warning("%s: unreadable training history (%s), left out of the report", f, err)
+            continue
+        if "step" in hist.columns and len(hist):
+            out.setdefault(f.parent.parent.name, []).append((int(f.parent.name[4:]), hist))
     return out
 
 
@@ -202,10 +201,7 @@ def read_blend(root: Path, blend_dir: Path | None) -> BlendInfo | None:
         return None
     spec = read_json(blend_dir / "spec.json")
     table = pd.read_csv(blend_dir / "table.csv") if (blend_dir / "table.csv").is_file() else None
-    oof = None
-    if (blend_dir / "oof.parquet").is_file():
-        raw = pd.read_parquet(blend_dir / "oof.parquet")
-        oof = raw.assign(**{ID_COL: raw[ID_COL].astype(str)}).set_index(ID_COL)[list(TARGETS)]
+    oof = read_oof(blend_dir / "oof.parquet") if (blend_dir / "oof.parquet").is_file() else None
     honest_name, honest_score = honest_choice(table, spec)
     return BlendInfo(blend_dir.name, blend_dir, spec, table, oof, str(spec.get("method", "")), honest_name,
                      honest_score, explain_blend(blend_dir, spec))

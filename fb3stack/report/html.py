@@ -173,9 +173,8 @@ def build(data: ReportData) -> str:
 
 def render(page: Page, data: ReportData) -> str:
     nav = " ".join(f'<a href="#{a}">{html.escape(t.split(":")[0])}</a>' for a, t, _ in page.sections)
-    body = []
-    for anchor, title, parts in page.sections:
-        body.append(f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>')
+    body = [f'<section id="{anchor}"><h2>{html.escape(title)}</h2>{"".join(parts)}</section>'
+            for anchor, title, parts in page.sections]
     timings = ", ".join(f"{k} {format_seconds(v)}" for k, v in data.timings.items())
     notes = "".join(note(n) for n in data.notes)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from torch import nn
@@ -24,6 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from fb3stack import dist
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.engine import Engine
+from fb3stack.base.transformer.tracking import log_with
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -80,6 +82,7 @@ def gather_rows(n: int, rows: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarr
     return tuple(out)
 
 
-def make_engine(model: nn.Module, cfg: TransformerConfig) -> Engine:
-    """The training engine; under data parallelism accelerate gives it this process's device and wraps DDP."""
-    return Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
+def make_engine(model: nn.Module, cfg: TransformerConfig, fold_dir: Path | None = None) -> Engine:
+    """The training engine, tracking (cfg.tracking) under `fold_dir`; under data parallelism accelerate gives it
+    this process's device and wraps DDP."""
+    return Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm, log_with(cfg.tracking), fold_dir)

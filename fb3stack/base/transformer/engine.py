@@ -114,7 +114,8 @@ def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
 MIXED_PRECISION = {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def make_accelerator(device: torch.device, amp_dtype: torch.dtype | None, grad_accum: int) -> object:
+def make_accelerator(device: torch.device, amp_dtype: torch.dtype | None, grad_accum: int,
+                     log_with: str | None = None, project_dir: Path | None = None) -> object:
     """An Accelerator for this device and autocast dtype.
 
     accelerate keeps one state per process and refuses a second Accelerator with another mixed precision (or
@@ -136,15 +137,16 @@ def make_accelerator(device: torch.device, amp_dtype: torch.dtype | None, grad_a
     # the plugin, not gradient_accumulation_steps=: an ACCELERATE_GRADIENT_ACCUMULATION_STEPS left in the
     # environment by `accelerate launch` would otherwise override the config's grad_accum
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision,
-                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum))
+                       gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum),
+                       log_with=log_with, project_dir=project_dir)  # experiment tracking: see tracking.py
 
 
 class Engine:
     def __init__(self, model: nn.Module, device: str = "auto", amp: str = "auto", grad_accum: int = 1,
-                 max_grad_norm: float = 0.0) -> None:
+                 max_grad_norm: float = 0.0, log_with: str | None = None, project_dir: Path | None = None) -> None:
         wanted = pick_device(device)
         self.amp_dtype = pick_amp(amp, wanted)
-        self.accelerator = make_accelerator(wanted, self.amp_dtype, grad_accum)
+        self.accelerator = make_accelerator(wanted, self.amp_dtype, grad_accum, log_with, project_dir)
         self.device = self.accelerator.device  # under data parallelism, this process's GPU
         # on the device before the optimiser is built (fused AdamW picks its kernels per device); DDP wraps it later
         self.model = model.to(self.device)

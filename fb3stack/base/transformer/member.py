@@ -104,7 +104,7 @@ class TransformerMember(Member):
         rows = shard_rows(len(valid))
         valid_tokens = self._tokens(tokenizer, valid[TEXT_COL].tolist())
         valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad)
-        engine = make_engine(model, cfg)
+        engine = make_engine(model, cfg, fold_dir)
         optimizer = make_optimizer(engine.model, cfg)
         total = -(-len(train_loader) // cfg.grad_accum) * cfg.epochs
         engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))

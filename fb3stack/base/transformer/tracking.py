@@ -1,79 +1,51 @@
-"""Optional experiment tracking for transformer training: `tracking: none | tensorboard | mlflow`.
+"""Optional experiment tracking of transformer training, `tracking: none | tensorboard | mlflow`: accelerate's
+trackers, writing under the fold's folder (no server, no network).
 
-Both backends write to a local folder (no server, no network): TensorBoard event files under
-`<fold dir>/tensorboard/` (view with `tensorboard --logdir <workspace>/models`), an MLflow SQLite store
-`<fold dir>/mlruns/mlflow.db` (view with `mlflow ui --backend-store-uri sqlite:///<that file>`). Neither package is
-a dependency of fb3stack: they are imported only when asked for, with a clear error when missing.
+TensorBoard event files go to `<fold dir>/tensorboard/` (view with `tensorboard --logdir <workspace>/models`), MLflow
+to a SQLite store `<fold dir>/mlruns/mlflow.db` (`mlflow ui --backend-store-uri sqlite:///<that file>`). Neither
+package is a dependency of fb3stack; asking for one that is not installed fails at once, naming it.
 
-    tracker = tracker_for(cfg, fold_dir, run_name="deberta fold 0")   # cfg.tracking: none | tensorboard | mlflow
-    tracker.log_eval(history_row, y_valid, preds)    # or tracker.log(step, {"train/loss": 0.41, ...})
-    tracker.close()
+    engine = Engine(model, ..., log_with=log_with(cfg.tracking), project_dir=fold_dir)
+    start(engine.accelerator, cfg, run_name="deberta fold 0")
+    log_eval(engine.accelerator, history_row, y_valid, preds)
+    finish(engine.accelerator)
+
+Under data parallelism accelerate tracks on the main process only: one run per fold, not one per rank.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-logger = logging.getLogger(__name__)
-
-TrackingKind = Literal["none", "tensorboard", "mlflow"]
 KINDS = ("none", "tensorboard", "mlflow")
+PACKAGES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy")}  # sqlalchemy: the SQLite store
 
 
 class TrackingError(RuntimeError):
     """A tracking backend was asked for but cannot be used."""
 
 
-class Tracker:
-    """Does nothing: the default (`tracking: none`) and the interface the backends implement."""
-
-    def log(self, step: int, values: Mapping[str, Any]) -> None:
-        """Record numeric `values` at optimizer step `step`; non-numeric values are ignored."""
-
-    def close(self) -> None:
-        """Flush and release the backend; safe to call twice."""
-
-    def log_eval(self, row: Mapping[str, Any], y_true: Any = None, y_pred: Any = None) -> None:
-        """One evaluation row of the trainer's history (step, train_loss, lr, grad_norm, valid_mcrmse), with the
-        per-trait validation RMSE computed from `y_true`/`y_pred` when given."""
-        per_trait = None
-        if y_true is not None and y_pred is not None:
-            from fb3stack.constants import TARGETS
-            from fb3stack.metrics import rmse_per_trait
-
-            per_trait = dict(zip(TARGETS, (float(v) for v in rmse_per_trait(y_true, y_pred))))
-        self.log(int(row["step"]), eval_values(row.get("train_loss"), row.get("lr"), row.get("grad_norm"),
-                                               row.get("valid_mcrmse"), per_trait))
-
-    def __enter__(self) -> Tracker:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def numeric(values: Mapping[str, Any]) -> dict[str, float]:
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool):
-            value = float(value)
+def log_with(kind: str | None) -> str | None:
+    """accelerate's `log_with` for `tracking: kind` (None: no tracking). A missing package fails here, naming it,
+    where accelerate would only drop its tracker."""
+    kind = (kind or "none").lower()
+    if kind not in KINDS:
+        raise TrackingError(f"tracking must be one of {list(KINDS)}, got {kind!r}")
+    for module in PACKAGES.get(kind, ()):
         try:
-            f = float(value)
-        except (TypeError, ValueError):
-            continue
-        if f == f:  # NaN stays out of the charts
-            out[str(key)] = f
-    return out
+            importlib.import_module(module)
+        except ImportError as err:
+            raise TrackingError(f"tracking: {kind} needs the '{module}' package, which is not installed; "
+                                f"pip install {module} (or set tracking: none)") from err
+    return None if kind == "none" else kind
 
 
 def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config -> {'a.b': 'value'} strings, as both backends take flat parameters."""
+    """Nested config -> {'a.b': 'value'} strings, as both backends take flat scalar parameters."""
     out: dict[str, str] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
@@ -84,92 +56,45 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def _require(module: str, kind: str, install: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise TrackingError(f"tracking: {kind} needs the '{install}' package, which is not installed; "
-                            f"pip install {install} (or set tracking: none)") from err
-
-
-class TensorBoardTracker(Tracker):
-    def __init__(self, logdir: Path, config: Mapping[str, Any] | None = None) -> None:
-        _require("tensorboard", "tensorboard", "tensorboard")
-        writer_mod = _require("torch.utils.tensorboard", "tensorboard", "tensorboard")
-        self.logdir = Path(logdir)
-        self.writer = writer_mod.SummaryWriter(log_dir=str(self.logdir))
-        if config:
-            text = "\n".join(f"    {k}: {v}" for k, v in flatten(config).items())  # indented = preformatted
-            self.writer.add_text("config", text, 0)
-        self._closed = False
-
-    def log(self, step: int, values: Mapping[str, Any]) -> None:
-        for key, value in numeric(values).items():
-            self.writer.add_scalar(key, value, int(step))
-
-    def close(self) -> None:
-        if not self._closed:
-            self.writer.flush()
-            self.writer.close()
-            self._closed = True
-
-
-class MlflowTracker(Tracker):
-    def __init__(self, store: Path, run_name: str, config: Mapping[str, Any] | None = None,
-                 experiment: str = "fb3stack") -> None:
-        mlflow = _require("mlflow", "mlflow", "mlflow")
-        _require("sqlalchemy", "mlflow (its local SQLite store)", "sqlalchemy alembic")
-        self.store = Path(store).resolve()
-        self.store.mkdir(parents=True, exist_ok=True)
-        # MLflow 3 keeps the ./mlruns file store in maintenance mode; a SQLite file is its local offline store
-        self.client = mlflow.tracking.MlflowClient(tracking_uri=f"sqlite:///{self.store / 'mlflow.db'}")
-        found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else self.client.create_experiment(
-            experiment, artifact_location=(self.store / "artifacts").as_uri())
-        self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-        for key, value in flatten(config or {}).items():
-            self.client.log_param(self.run_id, key[:250], value[:6000])
-        self._closed = False
-
-    def log(self, step: int, values: Mapping[str, Any]) -> None:
-        for key, value in numeric(values).items():
-            self.client.log_metric(self.run_id, key, value, step=int(step))
-
-    def close(self) -> None:
-        if not self._closed:
-            self.client.set_terminated(self.run_id)
-            self._closed = True
-
-
-def make_tracker(kind: str | None, out_dir: str | os.PathLike, run_name: str = "run",
-                 config: Mapping[str, Any] | None = None) -> Tracker:
-    """The tracker `kind` asks for, writing under `out_dir`; `none`/None gives the no-op Tracker."""
-    kind = (kind or "none").lower()
-    if kind not in KINDS:
-        raise TrackingError(f"tracking must be one of {list(KINDS)}, got {kind!r}")
-    if kind == "none":
-        return Tracker()
-    out = Path(out_dir)
-    if kind == "tensorboard":
-        return TensorBoardTracker(out / "tensorboard", config)
-    return MlflowTracker(out / "mlruns", run_name, config)
-
-
-def tracker_for(cfg: Any, out_dir: str | os.PathLike, run_name: str) -> Tracker:
-    """The tracker a member config asks for (`cfg.tracking`, default none), logging its resolved config.
-
-    Under data parallelism only the main process tracks, so one run is recorded per fold, not one per rank.
-    """
-    from fb3stack import dist
+def start(accelerator: Any, config: Any, run_name: str) -> None:
+    """Start the trackers `accelerator` was built with, logging the resolved member `config` as hyperparameters."""
     from fb3stack.config import to_dict
 
-    kind = getattr(cfg, "tracking", "none")
-    return make_tracker(kind if dist.is_main() else "none", out_dir, run_name, to_dict(cfg))
+    kinds, init_kwargs = {str(t) for t in accelerator.log_with}, {}
+    if "mlflow" in kinds:
+        import mlflow
+
+        store = (Path(accelerator.project_dir) / "mlruns").resolve()
+        store.mkdir(parents=True, exist_ok=True)
+        # accelerate's tracker logs wherever mlflow's global tracking URI points, not to a folder it is given;
+        # MLflow 3 keeps the ./mlruns file store in maintenance mode, so a SQLite file is the local offline store
+        mlflow.set_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")
+        init_kwargs["mlflow"] = {"run_name": run_name, "logging_dir": (store / "artifacts").as_uri()}
+    if kinds:
+        # the project names TensorBoard's folder (<fold dir>/tensorboard) and MLflow's experiment
+        accelerator.init_trackers("tensorboard" if "tensorboard" in kinds else "fb3stack",
+                                  flatten(to_dict(config)), init_kwargs)
 
 
-def eval_values(train_loss: float, lr: float, grad_norm: float, mcrmse: float,
-                rmse_per_trait: Mapping[str, float] | None = None) -> dict[str, float]:
-    """The standard names for one evaluation row, so every backend shows the same charts."""
-    values = {"train/loss": train_loss, "train/lr": lr, "train/grad_norm": grad_norm, "valid/mcrmse": mcrmse}
-    values.update({f"valid/rmse_{t}": v for t, v in (rmse_per_trait or {}).items()})
-    return values
+def log_eval(accelerator: Any, row: Mapping[str, Any], y_true: Any = None, y_pred: Any = None) -> None:
+    """One evaluation row of the trainer's history (step, train_loss, lr, grad_norm, valid_mcrmse) under the chart
+    names every backend shows, with the per-trait validation RMSE when `y_true`/`y_pred` are given."""
+    if not accelerator.trackers:
+        return
+    from fb3stack.constants import TARGETS
+    from fb3stack.metrics import rmse_per_trait
+
+    values = {"train/loss": row.get("train_loss"), "train/lr": row.get("lr"), "train/grad_norm": row.get("grad_norm"),
+              "valid/mcrmse": row.get("valid_mcrmse")}
+    if y_true is not None and y_pred is not None:
+        values.update({f"valid/rmse_{t}": v for t, v in zip(TARGETS, rmse_per_trait(y_true, y_pred))})
+    # plain floats (TensorBoard's tracker skips numpy scalars); NaN stays out of the charts
+    accelerator.log({k: float(v) for k, v in values.items() if v is not None and v == v}, step=int(row["step"]))
+
+
+def finish(accelerator: Any) -> None:
+    """Close the trackers; safe to call twice. Not `Accelerator.end_training`: it also destroys the process group,
+    which the next fold's data-parallel training still needs."""
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers.clear()

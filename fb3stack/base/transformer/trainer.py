@@ -15,13 +15,13 @@ import torch
 from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 
+from fb3stack.base.transformer import tracking
 from fb3stack.base.transformer.adversarial import AWP, FGM
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import loader_order
 from fb3stack.base.transformer.ddp import gather_rows
 from fb3stack.base.transformer.engine import Engine
 from fb3stack.base.transformer.losses import LossFn
-from fb3stack.base.transformer.tracking import tracker_for
 from fb3stack.metrics import mcrmse
 from fb3stack.progress import progress as tqdm
 
@@ -97,7 +97,7 @@ class Trainer:
         self.best, self.best_step, self.bad_evals = math.inf, -1, 0
         self.best_preds = self.best_emb = None
         self.rows: list[dict] = []
-        self.tracker = tracker_for(cfg, self.checkpoint.parent, self.desc)
+        tracking.start(engine.accelerator, cfg, self.desc)
         self.t0, step, stop = time.perf_counter(), 0, False
         run_loss, run_n = torch.zeros((), device=engine.device), 0  # summed on device: no host sync per step
         for epoch in range(cfg.epochs):
@@ -139,7 +139,7 @@ class Trainer:
             run_loss, run_n = torch.zeros_like(run_loss), 0
             if stop:
                 break
-        self.tracker.close()
+        tracking.finish(engine.accelerator)
         if cfg.oof_checkpoint == "last":
             # the fold keeps what training ended with: its OOF was not chosen by looking at the fold's labels
             save_model(engine.unwrapped, str(self.checkpoint))
@@ -173,7 +173,7 @@ class Trainer:
                           "valid_mcrmse": score, "lr": self.lr(), "grad_norm": float(grad_norm),
                           "best": improved, "skipped_steps": int(self.engine.skipped_steps),
                           "seconds": round(time.perf_counter() - self.t0, 1)})
-        self.tracker.log_eval(self.rows[-1], y, preds)
+        tracking.log_eval(self.engine.accelerator, self.rows[-1], y, preds)
         logger.info("%s step %d/%d epoch %.2f: train loss %.4f, valid MCRMSE %.4f%s", self.desc, step,
                     self.total_steps, epoch, self.rows[-1]["train_loss"], score, " (best)" if improved else "")
         return bool(self.cfg.patience) and self.bad_evals >= self.cfg.patience
