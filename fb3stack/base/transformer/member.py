@@ -37,7 +37,7 @@ from fb3stack.base.transformer.backbone import (
 )
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import TokenCache, make_loader
-from fb3stack.base.transformer.ddp import make_engine, shard_rows, shard_train_loader
+from fb3stack.base.transformer.ddp import shard_rows, shard_train_loader
 from fb3stack.base.transformer.engine import Engine, pick_amp, pick_device
 from fb3stack.base.transformer.losses import make_loss
 from fb3stack.base.transformer.model import FB3Model
@@ -104,7 +104,7 @@ class TransformerMember(Member):
         rows = shard_rows(len(valid))
         valid_tokens = self._tokens(tokenizer, valid[TEXT_COL].tolist())
         valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad)
-        engine = make_engine(model, cfg)
+        engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
         optimizer = make_optimizer(engine.model, cfg)
         total = -(-len(train_loader) // cfg.grad_accum) * cfg.epochs
         engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))
