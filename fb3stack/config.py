@@ -7,6 +7,7 @@ run folder, so every artefact carries the exact settings that made it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import glob
 import os
@@ -23,6 +24,10 @@ T = TypeVar("T")
 
 
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# scalar config types: the Python types accepted (a bool only for bool, though Python counts it an int) and what
+# an error says was expected
+_SCALARS = {bool: (bool, "true/false"), int: (int, "an integer"), float: ((int, float), "a number"),
+           str: (str, "a string")}
 
 
 class ConfigError(ValueError):
@@ -37,11 +42,9 @@ def load_yaml(path: str | os.PathLike) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
+    if not isinstance(data, (dict, type(None))):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-    return data
+    return data or {}
 
 
 def config_dir(source: str | os.PathLike | None) -> Path | None:
@@ -50,21 +53,14 @@ def config_dir(source: str | os.PathLike | None) -> Path | None:
 
 
 def resolve_path(path: str | os.PathLike, base_dir: str | os.PathLike | None) -> Path:
-    """Where a file named in a YAML is: the one rule for every input path a config holds.
+    """Where an input file named in a YAML (member and blend YAMLs, OOF files, folds files) is.
 
-    `~` is expanded and an absolute path is used as is. A relative path is looked up in the folder of the YAML
-    it is written in (`base_dir`, see `config_dir`) first, then in the current folder; when it is in neither,
-    the YAML-relative path is returned, so the error names where it was expected. YAML first, like a C
-    `#include "..."`, because a config then means the same files whichever folder it is run from (and when
-    `fb3stack status` re-reads it from the workspace); the current folder second, so paths given relative to it
-    (`--set members.0=my.yaml`, older configs) still work. `base_dir` None (defaults, inline configs built in
-    code): the current folder.
-
-    Member YAMLs, a zoo's blend YAML, OOF files and glob patterns (`glob_paths`), folds files (`folds.file`,
-    `outer.file`) follow it. Folders a command reads from or writes to as a whole, `workspace` and
-    `data_dir`, are relative to the current folder, like the `--workspace` / `--data-dir` options that
-    replace them (a workspace does not exist before the first run, so it could not be looked up); so is a
-    local `backbone` folder, a value that may as well be a hub name.
+    `~` is expanded, an absolute path used as is. A relative one is looked up beside the YAML (`base_dir`, see
+    `config_dir`; None: the current folder) first, so a config means the same files from any folder (and when
+    `fb3stack status` re-reads it from the workspace), then in the current folder, so paths relative to it
+    (`--set members.0=my.yaml`) still work; in neither, the YAML-relative path, so the error names where it was
+    expected. `workspace`, `data_dir` and a local `backbone` folder stay relative to the current folder, like the
+    options that replace them (a workspace may not exist yet; a backbone may as well be a hub name).
     """
     p = Path(path).expanduser()
     if p.is_absolute() or base_dir is None:
@@ -79,8 +75,7 @@ def glob_paths(pattern: str, base_dir: str | os.PathLike | None) -> list[Path]:
     p = Path(pattern).expanduser()
     tries = [p] if p.is_absolute() or base_dir is None else [Path(base_dir) / p, p]
     for t in tries:
-        hits = sorted(glob.glob(str(t)))
-        if hits:
+        if hits := sorted(glob.glob(str(t))):
             return [Path(h) for h in hits]
     return []
 
@@ -102,36 +97,26 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
     """Return a copy of `data` with dotted-key overrides applied (nested mappings are created as needed)."""
-    out = _deepcopy(data)
+    out = copy.deepcopy(data)
     for item in overrides or []:
         keys, value = parse_override(item)
         node = out
         for k in keys[:-1]:
-            if isinstance(node, list):
-                node = node[_list_index(node, k, item)]
-                continue
-            if not isinstance(node.get(k), (dict, list)):
+            k = _slot(node, k, item)
+            if isinstance(node, dict) and not isinstance(node.get(k), (dict, list)):
                 node[k] = {}
             node = node[k]
-        if isinstance(node, list):
-            node[_list_index(node, keys[-1], item)] = value
-        else:
-            node[keys[-1]] = value
+        node[_slot(node, keys[-1], item)] = value
     return out
 
 
-def _list_index(node: list, key: str, item: str) -> int:
+def _slot(node: dict | list, key: str, item: str) -> str | int:
+    """`key` as a checked index when `node` is a list, else as a mapping key."""
+    if not isinstance(node, list):
+        return key
     if not key.lstrip("-").isdigit() or not -len(node) <= int(key) < len(node):
         raise ConfigError(f"--set {item!r}: {key!r} is not an index of a list of {len(node)}")
     return int(key)
-
-
-def _deepcopy(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _deepcopy(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deepcopy(v) for v in obj]
-    return obj
 
 
 def from_dict(cls: type[T], data: Any, where: str = "config") -> T:
@@ -160,16 +145,13 @@ def _type_name(tp: Any) -> str:
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(arg, value, where)
             except ConfigError:
@@ -192,54 +174,34 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         return {str(k): _coerce(vt, v, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
-            return float(value)  # YAML 1.1 reads 2e-3 (no dot) as a string; it is what people type
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {type(value).__name__} {value!r}")
-        return value
+    if tp is float and isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+        return float(value)  # YAML 1.1 reads 2e-3 (no dot) as a string; it is what people type
+    if tp in _SCALARS:
+        accepted, what = _SCALARS[tp]
+        if not isinstance(value, accepted) or (isinstance(value, bool) and tp is not bool):
+            raise ConfigError(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
+        return float(value) if tp is float else value
     raise ConfigError(f"{where}: unsupported config type {tp!r}")
 
 
-def to_dict(obj: Any) -> Any:
-    """Dataclass → plain dict/list/scalars for YAML."""
+def to_dict(obj: Any, results_only: bool = False) -> Any:
+    """Dataclass → plain dict/list/scalars for YAML. `results_only` leaves out, at every nesting level, the fields
+    a config class declares execution-only (its `execution_only` class attribute): settings such as threads,
+    device or eval batch size that change how fast or where something runs, never its result."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        skip = getattr(type(obj), "execution_only", ()) if results_only else ()
+        return {f.name: to_dict(getattr(obj, f.name), results_only) for f in dataclasses.fields(obj)
+                if f.name not in skip}
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, results_only) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, results_only) for k, v in obj.items()}
     return obj
-
-
-def execution_only_fields(obj: Any) -> frozenset[str]:
-    """Field names a config class declares as execution-only (`execution_only` class attribute): settings such
-    as threads, device or eval batch size that change how fast or where something runs, never its result."""
-    return frozenset(getattr(type(obj), "execution_only", frozenset()))
 
 
 def result_dict(obj: Any) -> Any:
-    """`to_dict` without the execution-only fields, at every nesting level: what a result hash is made of."""
-    if dataclasses.is_dataclass(obj):
-        skip = execution_only_fields(obj)
-        return {f.name: result_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.name not in skip}
-    if isinstance(obj, (list, tuple)):
-        return [result_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: result_dict(v) for k, v in obj.items()}
-    return obj
+    """What a result hash is made of: `to_dict` without the execution-only fields."""
+    return to_dict(obj, results_only=True)
 
 
 # ----------------------------------------------------------------------------------------------------------------

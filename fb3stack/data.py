@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -28,15 +27,8 @@ DATA_ENV = "FB3STACK_DATA"
 class DataError(ValueError):
     """Bad input data; the message names file, row and column."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        file: str | os.PathLike | None = None,
-        row: int | None = None,
-        column: str | None = None,
-        text_id: str | None = None,
-    ) -> None:
+    def __init__(self, message: str, *, file: str | os.PathLike | None = None, row: int | None = None,
+                 column: str | None = None, text_id: str | None = None) -> None:
         self.file, self.row, self.column, self.text_id, self.reason = file, row, column, text_id, message
         where = [str(file) if file is not None else "<data>"]
         if row is not None:
@@ -44,13 +36,6 @@ class DataError(ValueError):
         if column is not None:
             where.append(f"column '{column}'")
         super().__init__(f"{', '.join(where)}: {message}")
-
-
-@dataclass(frozen=True)
-class DataFiles:
-    train: Path
-    test: Path
-    sample_submission: Path
 
 
 def resolve_data_dir(cli_value: str | os.PathLike | None = None, config_value: str | os.PathLike | None = None) -> Path:
@@ -68,15 +53,11 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
     """Read a CSV as strings, refusing undecodable bytes with their row and column."""
     if not path.is_file():
         raise DataError("file not found", file=path)
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
+    raw, bad = path.read_bytes().removeprefix(b"\xef\xbb\xbf"), None
     try:
         text = raw.decode("utf-8")
-        bad = None
     except UnicodeDecodeError as err:
-        bad = err
-        text = raw.decode("utf-8", errors="replace")  # U+FFFD marks the bad bytes
+        bad, text = err, raw.decode("utf-8", errors="replace")  # U+FFFD marks the bad bytes
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -87,10 +68,8 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
             if hits.any():
                 i = int(np.flatnonzero(hits.to_numpy())[0])
                 tid = df[ID_COL].iloc[i] if ID_COL in df.columns and column != ID_COL else None
-                raise DataError(
-                    f"undecodable bytes (not UTF-8) at byte offset {bad.start}", file=path, row=i + 1, column=column,
-                    text_id=tid,
-                )
+                raise DataError(f"undecodable bytes (not UTF-8) at byte offset {bad.start}", file=path, row=i + 1,
+                                column=column, text_id=tid)
         raise DataError(f"undecodable bytes (not UTF-8) at byte offset {bad.start}", file=path)
     return df
 
@@ -111,17 +90,13 @@ def _check_ids_and_text(df: pd.DataFrame, path: Path) -> None:
         rows = np.flatnonzero(dup)
         first = ids.iloc[rows[0]]
         same = [int(r) + 1 for r in rows if ids.iloc[r] == first]
-        raise DataError(
-            f"duplicate text_id '{first}' (rows {same}); {int(dup.sum())} rows share an id", file=path,
-            row=same[-1], column=ID_COL, text_id=first,
-        )
+        raise DataError(f"duplicate text_id '{first}' (rows {same}); {int(dup.sum())} rows share an id", file=path,
+                        row=same[-1], column=ID_COL, text_id=first)
     blank = np.flatnonzero((df[TEXT_COL].str.strip() == "").to_numpy())
     if len(blank):
         i = int(blank[0])
-        raise DataError(
-            f"empty or missing essay text ({len(blank)} such rows)", file=path, row=i + 1, column=TEXT_COL,
-            text_id=ids.iloc[i],
-        )
+        raise DataError(f"empty or missing essay text ({len(blank)} such rows)", file=path, row=i + 1,
+                        column=TEXT_COL, text_id=ids.iloc[i])
 
 
 def _check_scores(df: pd.DataFrame, path: Path, on_bad_score: str) -> pd.DataFrame:
@@ -139,10 +114,8 @@ def _check_scores(df: pd.DataFrame, path: Path, on_bad_score: str) -> pd.DataFra
         for mask, what in ((outside, f"outside [{SCORE_MIN}, {SCORE_MAX}]"), (off_grid, f"off the {SCORE_STEP} grid")):
             if mask.any():
                 i = int(np.flatnonzero(mask)[0])
-                err = DataError(
-                    f"score {arr[i]} is {what} ({int(mask.sum())} such rows)", file=path, row=i + 1, column=col,
-                    text_id=df[ID_COL].iloc[i],
-                )
+                err = DataError(f"score {arr[i]} is {what} ({int(mask.sum())} such rows)", file=path, row=i + 1,
+                                column=col, text_id=df[ID_COL].iloc[i])
                 if on_bad_score == "error":
                     raise err
                 logger.warning("%s (kept because on_bad_score=warn)", err)

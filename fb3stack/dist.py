@@ -1,16 +1,18 @@
 """Data-parallel helpers: who is the main process, and waiting for it.
 
 Under `accelerate launch` or `torchrun` every process runs the same command; WORLD_SIZE and RANK say which
-one this is. Only the main process writes artefacts; the others train alongside it and wait at barriers.
-Without those variables everything here is a no-op, so single-process code pays nothing.
+one this is. Only the main process writes artefacts; the others train alongside it and wait at accelerate's
+barriers. Without those variables everything here is a no-op that never imports accelerate.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from accelerate import PartialState
 
 
 def world_size() -> int:
@@ -29,46 +31,24 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init() -> None:
-    """Start the process group (gloo on CPU, nccl on CUDA) through accelerate, once."""
-    if is_distributed():
-        import torch
-        from accelerate import PartialState
+def init() -> PartialState | None:
+    """accelerate's process state under data parallelism (None otherwise); the first call starts the process
+    group (gloo on CPU, nccl on CUDA)."""
+    if not is_distributed():
+        return None
+    import torch
+    from accelerate import PartialState
 
-        # without cpu=True on a machine with no GPU accelerate starts a process group but calls the run
-        # DistributedType.NO, and then never wraps the model in DDP: each process trained on its own gradients
-        PartialState(cpu=not torch.cuda.is_available())
-
-
-def _group_ready() -> bool:
-    import torch.distributed as td
-
-    return is_distributed() and td.is_available() and td.is_initialized()
+    # without cpu=True on a machine with no GPU accelerate starts a process group but calls the run
+    # DistributedType.NO, and then never wraps the model in DDP: each process trained on its own gradients
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 def barrier() -> None:
-    if _group_ready():
-        import torch.distributed as td
-
-        td.barrier()
+    if is_distributed():
+        init().wait_for_everyone()
 
 
-@contextlib.contextmanager
-def main_first() -> Iterator[None]:
+def main_first() -> contextlib.AbstractContextManager:
     """The main process runs the block first (writing files); the others run it after, reading them."""
-    if not is_main():
-        barrier()
-    yield
-    if is_main():
-        barrier()
-
-
-def gather_objects(obj: Any) -> list[Any]:
-    """Every process's `obj`, in rank order (a one-element list when not distributed)."""
-    if not _group_ready():
-        return [obj]
-    import torch.distributed as td
-
-    out: list[Any] = [None] * world_size()
-    td.all_gather_object(out, obj)
-    return out
+    return init().main_process_first() if is_distributed() else contextlib.nullcontext()

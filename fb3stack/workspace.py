@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import psutil
 
 from fb3stack.config import DataConfig, FoldsConfig, RunConfig, config_dir, resolve_path
 from fb3stack.constants import FOLD_COL, ID_COL
@@ -105,10 +105,8 @@ class Workspace:
 def write_manifest(folder: str | os.PathLike, **hashes: object) -> None:
     from fb3stack import __version__
 
-    write_json(
-        Path(folder) / MANIFEST,
-        {**hashes, "fb3stack_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat()},
-    )
+    write_json(Path(folder) / MANIFEST, {**hashes, "fb3stack_version": __version__,
+                                         "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
 
 
 def read_manifest(folder: str | os.PathLike) -> dict | None:
@@ -173,11 +171,8 @@ def stale_reasons(folder: str | os.PathLike, **expected: str) -> list[str]:
     manifest = read_manifest(folder)
     if manifest is None:
         return [f"{folder} has no {MANIFEST}"]
-    return [
-        f"{key} changed ({str(manifest.get(key))[:12]} -> {value[:12]})"
-        for key, value in expected.items()
-        if manifest.get(key) != value
-    ]
+    return [f"{key} changed ({str(manifest.get(key))[:12]} -> {value[:12]})" for key, value in expected.items()
+            if manifest.get(key) != value]
 
 
 @dataclass
@@ -212,24 +207,18 @@ def ensure_folds(ws: Workspace, train: pd.DataFrame, cfg: FoldsConfig, force: bo
     """
     data_hash = data_fingerprint(train)
     file = resolve_path(cfg.file, base_dir) if cfg.file else None
-    wanted = {
-        "data_hash": data_hash,
-        "n_folds": cfg.n_folds,
-        "seed": cfg.seed,
-        "source": str(file.resolve()) if file else None,
-        "source_hash": sha256_file(file) if file else None,
-    }
+    wanted = {"data_hash": data_hash, "n_folds": cfg.n_folds, "seed": cfg.seed,
+              "source": str(file.resolve()) if file else None, "source_hash": sha256_file(file) if file else None}
     if ws.folds_path.exists() and ws.folds_meta_path.exists() and not force:
         meta = read_json(ws.folds_meta_path)
         if cfg.file:  # an imported split's n_folds/seed come from the file
             wanted["n_folds"], wanted["seed"] = meta.get("n_folds"), meta.get("seed")
         diff = {k: (meta.get(k), v) for k, v in wanted.items() if meta.get(k) != v}
         if diff:
-            raise StaleArtefactError(
-                f"{ws.folds_path} was made with other settings or data: "
-                + "; ".join(f"{k}: {str(a)[:16]} -> {str(b)[:16]}" for k, (a, b) in diff.items())
-                + ". Use a new workspace, or --force to rewrite the folds (every member then retrains)."
-            )
+            raise StaleArtefactError(f"{ws.folds_path} was made with other settings or data: "
+                                     + "; ".join(f"{k}: {str(a)[:16]} -> {str(b)[:16]}" for k, (a, b) in diff.items())
+                                     + ". Use a new workspace, or --force to rewrite the folds (every member then "
+                                     "retrains).")
         return read_folds(ws.folds_path, train)
     if file:
         folds = read_folds(file, train)
@@ -271,22 +260,19 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def _read_lock(path: Path) -> dict:
+    """A lock file's record; empty when it is gone or unreadable (half-written)."""
     try:
-        os.kill(pid, 0)
-    except OSError as err:
-        return err.errno == errno.EPERM  # exists, owned by someone else
-    return True
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def lock_holder(ws: Workspace) -> dict | None:
     """Who holds the workspace lock (pid, host, command, started_at), or None when it is free or stale."""
-    path = ws.root / LOCK
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) and _holder_alive(info) else None
+    info = _read_lock(ws.root / LOCK)
+    return info if _holder_alive(info) else None
 
 
 @contextlib.contextmanager
@@ -314,10 +300,9 @@ def workspace_lock(ws: Workspace, command: str) -> Iterator[Path]:
                 return
             raise WorkspaceBusyError(
                 f"{ws.root} is in use by `fb3stack {holder.get('command')}` (pid {holder.get('pid')} on "
-                f"{holder.get('host')}, since {holder.get('started_at')}). Wait for it to finish; read-only "
-                f"commands (check-data, predict --bundle, status, report) still work. If no such process is "
-                f"running, delete {path}."
-            ) from None
+                f"{holder.get('host')}, since {holder.get('started_at')}). Wait for it to finish; read-only commands "
+                f"(check-data, predict --bundle, status, report) still work. If no such process is running, delete "
+                f"{path}.") from None
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(me, fh)
             fh.flush()
@@ -328,11 +313,9 @@ def workspace_lock(ws: Workspace, command: str) -> Iterator[Path]:
     try:
         yield path
     finally:
-        try:
-            if json.loads(path.read_text(encoding="utf-8")).get("pid") == os.getpid():
+        if _read_lock(path).get("pid") == os.getpid():
+            with contextlib.suppress(OSError):
                 path.unlink()
-        except (OSError, ValueError):
-            pass
 
 
 def _break_stale(path: Path) -> None:
@@ -343,16 +326,11 @@ def _break_stale(path: Path) -> None:
         os.rename(path, grave)
     except FileNotFoundError:
         return
-    try:
-        info = json.loads(grave.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = {}
+    info = _read_lock(grave)
     if _holder_alive(info):
         # between our check and the rename a live process took the lock: give it back
-        try:
+        with contextlib.suppress(FileExistsError):
             os.link(grave, path)
-        except FileExistsError:
-            pass
     else:
         logger.warning("took over the workspace lock of `fb3stack %s` (pid %s on %s), whose process is gone",
                        info.get("command"), info.get("pid"), info.get("host"))
@@ -367,4 +345,22 @@ def _holder_alive(info: dict) -> bool:
     if info.get("host") != socket.gethostname():
         return True
     pid = int(info["pid"])
-    return _pid_alive(pid) and (not info.get("proc_start") or _process_start(pid) == info["proc_start"])
+    return psutil.pid_exists(pid) and (not info.get("proc_start") or _process_start(pid) == info["proc_start"])
+
+
+def find_blend(root: str | os.PathLike, name: str | None = None, newest: bool = False) -> Path | None:
+    """A workspace's fitted blend: blends/<name>; without a name the only one (several: an error), or with
+    `newest` the most recently fitted (None when there is none)."""
+    blends = Path(root) / "blends"
+    if name:
+        if not (blends / name / "spec.json").is_file():
+            raise FileNotFoundError(f"{blends / name}: no fitted blend (spec.json); run `fb3stack blend` first")
+        return blends / name
+    found = sorted((p for p in blends.glob("*") if (p / "spec.json").is_file()),
+                   key=lambda p: (p / "spec.json").stat().st_mtime) if blends.is_dir() else []
+    if newest and len(found) > 1:
+        logger.info("%d blends in %s; using the newest, %s (choose with --blend)", len(found), blends, found[-1].name)
+    if newest or len(found) == 1:
+        return found[-1] if found else None
+    raise FileNotFoundError(f"{blends}: expected exactly one fitted blend, found {[p.name for p in found]}; "
+                            "pass --blend NAME")

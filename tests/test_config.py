@@ -46,6 +46,8 @@ def test_typed_loading_and_round_trip():
         ({"name": "x", "inner": {"mode": "c"}}, r"cfg\.inner\.mode: 'c' is not one of \['a', 'b'\]"),
         ({"name": "x", "inner": {"lr": "fast"}}, r"cfg\.inner\.lr: expected a number"),
         ({"name": "x", "layers": [1, "two"]}, r"cfg\.layers\[1\]: expected an integer"),
+        ({"name": "x", "inner": {"lr": True}}, r"cfg\.inner\.lr: expected a number, got bool True"),
+        ({"name": 3}, r"cfg\.name: expected a string, got int 3"),
         ({"epochs": 1}, r"required key 'name' is missing"),
     ],
 )
@@ -59,6 +61,10 @@ def test_overrides_parse_yaml_values():
     assert out == {"a": {"b": 2.5, "c": [1, 2]}, "d": None, "l": [1, 7], "e": "text"}
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["nokey"])
+    data = {"m": [{"x": 1}]}  # list indices inside a path, and the input is left as it was
+    assert apply_overrides(data, ["m.0.x=2", "m.-1.y=3"]) == {"m": [{"x": 2, "y": 3}]} and data == {"m": [{"x": 1}]}
+    with pytest.raises(ConfigError, match="'1' is not an index of a list of 1"):
+        apply_overrides(data, ["m.1.x=2"])
 
 
 def test_run_config_file_overrides_and_member_overrides(tmp_path):

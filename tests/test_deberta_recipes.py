@@ -66,7 +66,7 @@ def test_engine_hands_accelerate_the_picked_precision_on_a_gpu(monkeypatch, capa
 
 def test_engine_cpu_bf16_then_fp32_in_one_process(monkeypatch):
     """accelerate keeps one mixed precision per process; engines with another amp follow one another anyway."""
-    monkeypatch.setattr(engine_mod, "cpu_bf16_supported", lambda: True)
+    monkeypatch.setattr(engine_mod, "cpu_has_native_bf16", lambda: True)
     x = torch.randn(4, 8)
     bf16 = engine_mod.Engine(torch.nn.Linear(8, 2), "cpu", "bf16")
     with bf16.autocast():

@@ -5,16 +5,11 @@ from __future__ import annotations
 import pytest
 
 from fb3stack import hardware
-from fb3stack.hardware import cpu_has_native_bf16, has_native_bf16, parse_cpuinfo_flags
+from fb3stack.hardware import NATIVE_BF16_FLAGS, cpu_has_native_bf16, parse_cpuinfo_flags
 
 SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
 GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve i8mm bf16 svebf16\n"
-
-
-@pytest.mark.parametrize("text, native", [(SKYLAKE, False), (ZEN4, True), (GRAVITON3, True), ("", False)])
-def test_native_only_with_bf16_instructions(text, native):
-    assert has_native_bf16(parse_cpuinfo_flags(text)) is native
 
 
 @pytest.fixture
@@ -24,15 +19,22 @@ def uncached():
     cpu_has_native_bf16.cache_clear()
 
 
+@pytest.mark.parametrize("text, native", [(SKYLAKE, False), (ZEN4, True), (GRAVITON3, True), ("", False)])
+def test_native_only_with_bf16_instructions(monkeypatch, uncached, text, native):
+    monkeypatch.setattr(hardware, "_torch_cpu_flags", frozenset)  # an older torch without get_capabilities
+    monkeypatch.setattr(hardware, "_proc_cpu_flags", lambda: parse_cpuinfo_flags(text))
+    assert cpu_has_native_bf16() is native
+
+
 def test_torch_answers_first_then_cpuinfo_then_no(monkeypatch, uncached):
     monkeypatch.setattr(hardware, "_torch_cpu_flags", lambda: frozenset({"avx512_f", "amx_bf16"}))
     monkeypatch.setattr(hardware, "_proc_cpu_flags", lambda: parse_cpuinfo_flags(SKYLAKE))
     assert cpu_has_native_bf16() is True
     cpu_has_native_bf16.cache_clear()
-    monkeypatch.setattr(hardware, "_torch_cpu_flags", lambda: None)  # an older torch without get_capabilities
+    monkeypatch.setattr(hardware, "_torch_cpu_flags", frozenset)
     assert cpu_has_native_bf16() is False
     cpu_has_native_bf16.cache_clear()
-    monkeypatch.setattr(hardware, "_proc_cpu_flags", lambda: None)  # no /proc either: fp32, the safe default
+    monkeypatch.setattr(hardware, "_proc_cpu_flags", frozenset)  # no /proc either: fp32, the safe default
     assert cpu_has_native_bf16() is False
 
 
@@ -40,4 +42,4 @@ def test_torch_and_cpuinfo_agree_on_this_machine(uncached):
     from_torch, from_proc = hardware._torch_cpu_flags(), hardware._proc_cpu_flags()
     if not from_torch or not from_proc:
         pytest.skip("needs torch.cpu.get_capabilities and /proc/cpuinfo")
-    assert has_native_bf16(from_torch) == has_native_bf16(from_proc) == cpu_has_native_bf16()
+    assert bool(NATIVE_BF16_FLAGS & from_torch) == bool(NATIVE_BF16_FLAGS & from_proc) == cpu_has_native_bf16()

@@ -77,7 +77,7 @@ def test_cpu_threads_are_capped_at_physical_cores_never_raised():
 def test_cpu_stays_fp32_unless_bf16_is_asked_for(monkeypatch, fast_bf16):
     from fb3stack.base.transformer import engine
 
-    monkeypatch.setattr(engine, "cpu_bf16_supported", lambda: fast_bf16)
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: fast_bf16)
     cpu = torch.device("cpu")
     assert pick_amp("auto", cpu) is None and pick_amp("fp16", cpu) is None and pick_amp("none", cpu) is None
     # bf16 only when asked for and the CPU has it natively; otherwise fp32 with a warning

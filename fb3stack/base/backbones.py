@@ -22,7 +22,6 @@ import importlib.util
 import logging
 import os
 import re
-import shutil
 import zipfile
 from dataclasses import dataclass
 from importlib import metadata
@@ -34,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 PKG_PREFIX = "pkg:"
 PARTS_PREFIX = "pkgparts:"
-SPEC_PREFIXES = (PKG_PREFIX, PARTS_PREFIX)
 MARKER = "assembled.json"
 
 
@@ -65,7 +63,7 @@ def backbone_cache_root() -> Path:
 
 
 def is_backbone_spec(value: str) -> bool:
-    return value.startswith(SPEC_PREFIXES)
+    return value.startswith((PKG_PREFIX, PARTS_PREFIX))
 
 
 def resolve_backbone_path(spec: str) -> str:
@@ -162,9 +160,3 @@ def _verified(dest: Path, stamp: tuple) -> bool:
         return False
     recorded = read_json(dest / MARKER).get("files", {})
     return bool(recorded) and _file_hashes(dest) == recorded
-
-
-def remove_assembled(name: str, cache_root: Path | None = None) -> None:
-    """Delete the extracted copy of a split model (it is rebuilt from the parts on next use)."""
-    model = SPLIT_MODELS[name]
-    shutil.rmtree((cache_root or backbone_cache_root()) / f"{name}-{model.archive_sha256[:16]}", ignore_errors=True)

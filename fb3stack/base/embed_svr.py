@@ -12,7 +12,6 @@ so no support vector is stored twice, and prediction computes the kernel against
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -83,7 +82,8 @@ class EmbedSVRMember(Member):
         c = self.config
         encodings = [resolve_encoding(b, c.max_len, c.chunking, c.pooler, c.layers, c.precision) for b in c.backbones]
         return {"backbones": c.backbones, "identities": [backbone_identity(b) for b in c.backbones],
-                "encoder_version": ENCODER_VERSION, "encodings": [asdict(e) for e in encodings]}
+                "encoder_version": ENCODER_VERSION,
+                "encodings": [{**asdict(e), "layers": list(e.layers)} for e in encodings]}
 
     def _fit_heads(self, x: np.ndarray, y: np.ndarray, fold_dir: Path) -> dict:
         c = self.config
@@ -130,8 +130,6 @@ class EmbedSVRMember(Member):
         now = self.embedding_info()
         if saved.get("identities") != now["identities"]:
             raise RuntimeError(f"{fold_dir}: the backbone files differ from those the regressors were fitted on")
-        # json turns the layer tuples into lists: compare what was written with what would be written
-        now = json.loads(json.dumps(now))
         changed = [k for k in ("encoder_version", "encodings") if saved.get(k) != now[k]]
         if changed:
             raise RuntimeError(f"{fold_dir}: fitted on embeddings with {[(k, saved.get(k)) for k in changed]}, "

@@ -208,19 +208,6 @@ def _encode(path: str, texts: list[str], enc: Encoding, batch_size: int, num_thr
     return torch.nn.functional.normalize(per_layer, dim=-1).reshape(len(texts), dim).float().numpy()
 
 
-def _read_store(path: Path, key_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray | None]:
-    z = load_npz_checked(path)  # None when absent or damaged (checksum): recomputed, never half-used
-    if z is None:
-        return np.array([], dtype=key_dtype), None
-    return z["keys"], z["values"]
-
-
-def _write_store(path: Path, keys: np.ndarray, values: np.ndarray) -> None:
-    # keys and vectors in one atomically replaced file: parallel fold jobs (Ray) may write the same store,
-    # and the last writer wins with a consistent pair; a lost update only means recomputing later
-    save_npz_checked(path, keys=keys, values=values)
-
-
 @dataclass(frozen=True)
 class Encoding:
     """Everything an embedding depends on besides the backbone's files; `layers` absolute, precision resolved."""
@@ -267,7 +254,8 @@ def _embed_one(texts: list[str], spec: str, enc: Encoding, cache_dir: Path | Non
         return _RECENT[key].copy()
     store = store_dir(cache_dir, spec, enc)
     keys = text_keys(texts)
-    known_keys, known = _read_store(store / STORE_FILE, keys.dtype)
+    saved = load_npz_checked(store / STORE_FILE)  # None when absent or damaged (checksum): recomputed
+    known_keys, known = (saved["keys"], saved["values"]) if saved is not None else (np.array([], keys.dtype), None)
     index = {k: i for i, k in enumerate(known_keys)}
     missing = sorted({k for k in keys if k not in index})
     if missing:
@@ -276,7 +264,9 @@ def _embed_one(texts: list[str], spec: str, enc: Encoding, cache_dir: Path | Non
         known = new if known is None else np.concatenate([known, new])
         known_keys = np.concatenate([known_keys, np.array(missing)])
         index = {k: i for i, k in enumerate(known_keys)}
-        _write_store(store / STORE_FILE, known_keys, known)
+        # keys and vectors in one atomically replaced file: parallel fold jobs (Ray) may write the same store, the
+        # last writer wins with a consistent pair, and a lost update only means recomputing later
+        save_npz_checked(store / STORE_FILE, keys=known_keys, values=known)
         write_json(store / "meta.json", {"backbone": spec, "path": path, **asdict(enc),
                                          "encoder_version": ENCODER_VERSION,
                                          "n_texts": len(known_keys), "dim": int(known.shape[1])})

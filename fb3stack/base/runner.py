@@ -36,7 +36,7 @@ import pandas as pd
 from fb3stack import dist
 from fb3stack.base.member import Member, MemberConfig
 from fb3stack.base.registry import load_member_config, member_class
-from fb3stack.config import ConfigError, RunConfig, result_dict, to_dict
+from fb3stack.config import ConfigError, RunConfig, config_dir, load_yaml, result_dict, to_dict
 from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
 from fb3stack.io import (
     atomic_dir,
@@ -85,9 +85,7 @@ def expected_hashes(cfg: MemberConfig, prep: Prepared) -> dict[str, str]:
 
 
 def resolve_members(cfg: RunConfig) -> list[MemberConfig]:
-    base = Path(cfg.source).parent if cfg.source else None
-    members = []
-    where = cfg.source or "config"
+    base, where, members = config_dir(cfg.source), cfg.source or "config", []
     for i, entry in enumerate(cfg.members):
         try:
             member = load_member_config(entry, base)
@@ -104,7 +102,7 @@ def resolve_members(cfg: RunConfig) -> list[MemberConfig]:
     names = [m.name for m in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise ConfigError(f"{cfg.source or 'config'}: member names must be unique, repeated: {dupes}")
+        raise ConfigError(f"{where}: member names must be unique, repeated: {dupes}")
     unknown = set(cfg.member_overrides) - set(names) - {"*"}
     if unknown:
         raise ConfigError(f"--set members.<name>... names unknown member(s) {sorted(unknown)}; members: {names}")
@@ -135,20 +133,16 @@ def check_backbones(members: list[MemberConfig]) -> None:
                         resolve_backbone_path(spec)
                     except FileNotFoundError as err:
                         raise ConfigError(f"{key}: {err}") from err
-                    continue
-                if _in_hub_cache(spec):
-                    continue
-                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                    raise ConfigError(f"{key}: {spec!r} is neither a local model folder nor in the Hugging Face "
-                                      "cache, and HF_HUB_OFFLINE is set; point it at a local copy")
-                logger.warning("%s: %r is not cached locally; it will be downloaded from the hub", key, spec)
+                elif not _in_hub_cache(spec):
+                    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+                        raise ConfigError(f"{key}: {spec!r} is neither a local model folder nor in the Hugging Face "
+                                          "cache, and HF_HUB_OFFLINE is set; point it at a local copy")
+                    logger.warning("%s: %r is not cached locally; it will be downloaded from the hub", key, spec)
 
 
 def _in_hub_cache(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
+    from huggingface_hub import try_to_load_from_cache
+
     try:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     except Exception:  # noqa: BLE001 - an invalid repo id is simply not cached
@@ -176,29 +170,28 @@ def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
         if not reasons:
             _record_execution_settings(cfg, model_dir)
             return model_dir
-        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        archive = prep.workspace.root / "models" / ".stale" / f"{cfg.name}-{stamp}"
-        archive.parent.mkdir(parents=True, exist_ok=True)
+        archive = _move_aside(model_dir, model_dir.parent / ".stale", cfg.name)
         logger.warning("%s is stale (%s); moved to %s and retraining", model_dir, "; ".join(reasons), archive)
-        shutil.move(str(model_dir), str(archive))
     model_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(model_dir / "config.yaml", to_dict(cfg))
     write_manifest(model_dir, **expected)
     return model_dir
 
 
+def _move_aside(src: Path, folder: Path, name: str) -> Path:
+    """Move `src` to `folder`/<name>-<time>: kept for inspection, never loaded again."""
+    dest = folder / f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dest))
+    return dest
+
+
 def _record_execution_settings(cfg: MemberConfig, model_dir: Path) -> None:
     """Only execution-only settings differ from config.yaml (else the member would be stale): keep the models and
     record the new settings, which prediction from this folder then runs with."""
     path = model_dir / "config.yaml"
-    if dist.is_main() and path.is_file() and read_yaml_dict(path) != to_dict(cfg):
+    if dist.is_main() and path.is_file() and load_yaml(path) != to_dict(cfg):
         write_yaml(path, to_dict(cfg))
-
-
-def read_yaml_dict(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def fold_done(model_dir: Path, fold: int) -> bool:
@@ -218,12 +211,9 @@ def check_fold(model_dir: Path, fold: int) -> bool:
         return True
     if not dist.is_main():  # the main process sets it aside; helpers just see it as not done
         return False
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    grave = model_dir.parent / ".corrupt" / f"{model_dir.name}-{target.name}-{stamp}"
-    grave.parent.mkdir(parents=True, exist_ok=True)
+    grave = _move_aside(target, model_dir.parent / ".corrupt", f"{model_dir.name}-{target.name}")
     logger.warning("%s fold %d is damaged (%s); moved to %s and training it again", model_dir.name, fold,
                    "; ".join(problems[:3]), grave)
-    shutil.move(str(target), str(grave))
     return False
 
 
@@ -284,30 +274,29 @@ def finalize_member(cfg: MemberConfig, prep: Prepared) -> dict:
     missing = [k for k in range(prep.n_folds) if not fold_done(model_dir, k)]
     if missing:
         raise RuntimeError(f"{cfg.name}: folds {missing} are not trained yet")
-    parts = [pd.read_parquet(fold_dir(model_dir, k) / "oof.parquet") for k in range(prep.n_folds)]
-    oof = pd.concat(parts, ignore_index=True)
+    folds = [fold_dir(model_dir, k) for k in range(prep.n_folds)]
+    oof = pd.concat([pd.read_parquet(f / "oof.parquet") for f in folds], ignore_index=True)
     order = pd.Series(np.arange(len(oof)), index=oof[ID_COL])
     oof = oof.set_index(ID_COL).loc[prep.train[ID_COL]].reset_index()  # training-file row order
     truth = prep.train[list(TARGETS)].to_numpy()
     metrics = score_report(truth, oof[list(TARGETS)].to_numpy())
-    metrics["folds"] = [read_json(fold_dir(model_dir, k) / "metrics.json") for k in range(prep.n_folds)]
+    metrics["folds"] = [read_json(f / "metrics.json") for f in folds]
     metrics["name"], metrics["kind"] = cfg.name, cfg.kind
-    alt_names = {p.stem[4:] for p in fold_dir(model_dir, 0).glob("oof_*.parquet")}
-    for name in sorted(alt_names):
-        files = [fold_dir(model_dir, k) / f"oof_{name}.parquet" for k in range(prep.n_folds)]
+    for name in sorted(p.stem[4:] for p in folds[0].glob("oof_*.parquet")):
+        files = [f / f"oof_{name}.parquet" for f in folds]
         if all(f.is_file() for f in files):
             alt = pd.concat([pd.read_parquet(f) for f in files]).set_index(ID_COL).loc[prep.train[ID_COL]]
             # e.g. a transformer's best-of-N-evaluations vs last-checkpoint OOF: the gap is the selection bias
             metrics.setdefault("oof_checkpoints", {})[name] = score_report(truth, alt[list(TARGETS)].to_numpy())[
                 "mcrmse"]
-    emb_files = [fold_dir(model_dir, k) / "embeddings.npy" for k in range(prep.n_folds)]
+    emb_files = [f / "embeddings.npy" for f in folds]
     if all(f.is_file() for f in emb_files):
         emb = np.concatenate([np.load(f) for f in emb_files])[order.loc[oof[ID_COL]].to_numpy()]
         save_npy(model_dir / "embeddings.npy", emb)
         write_csv(model_dir / "embeddings_ids.csv", oof[[ID_COL]])
     write_parquet(model_dir / "oof.parquet", oof)
     write_json(model_dir / "metrics.json", metrics)
-    digests = [folder_digest(fold_dir(model_dir, k)) for k in range(prep.n_folds)]
+    digests = [folder_digest(f) for f in folds]
     # written last: a member is complete once its manifest has the content hash of exactly these files
     update_manifest(model_dir, content_hash=content_hash(config_hash(cfg), digests), fold_digests=digests,
                     oof_sha256=sha256_file_cached(model_dir / "oof.parquet"),
@@ -329,9 +318,8 @@ def member_is_complete(cfg: MemberConfig, prep: Prepared) -> bool:
     digests = [folder_digest(fold_dir(model_dir, k)) for k in range(prep.n_folds)]
     if manifest.get("fold_digests") != digests:
         return False
-    for name in ("oof", "metrics"):
-        path = model_dir / f"{name}.{'parquet' if name == 'oof' else 'json'}"
-        if not path.is_file() or sha256_file_cached(path) != manifest.get(f"{name}_sha256"):
+    for path in (model_dir / "oof.parquet", model_dir / "metrics.json"):
+        if not path.is_file() or sha256_file_cached(path) != manifest.get(f"{path.stem}_sha256"):
             logger.warning("%s does not match the manifest (missing, truncated or altered); rebuilding it from "
                            "the folds", path)
             return False

@@ -166,17 +166,9 @@ def load_members(entries: list[str], labels: pd.DataFrame, ws: Workspace | None 
 def check_same_folds(members: list[BlendInput], label_ids: pd.Series) -> None:
     """Members trained on different folds have OOFs from different models per row: blending them is unfair."""
     with_folds = [m for m in members if m.folds is not None]
-    if not with_folds:
-        return
-    ref = with_folds[0]
     for m in with_folds[1:]:
-        diff = np.flatnonzero(m.folds != ref.folds)
-        if len(diff):
-            i = int(diff[0])
-            raise DataError(
-                f"trained on different folds than '{ref.name}' ({ref.path}): {len(diff)} rows differ, e.g. "
-                f"fold {m.folds[i]} vs {ref.folds[i]}", file=m.path, column=FOLD_COL, text_id=label_ids.iloc[i],
-            )
+        _refuse_other_folds(m, with_folds[0].folds, f"different folds than '{with_folds[0].name}' "
+                            f"({with_folds[0].path})", label_ids)
 
 
 def check_workspace_folds(members: list[BlendInput], ws: Workspace, label_ids: pd.Series) -> None:
@@ -188,16 +180,18 @@ def check_workspace_folds(members: list[BlendInput], ws: Workspace, label_ids: p
         return  # folds.csv covers other essays than the labels; the id check already speaks for the members
     expected = ref.loc[label_ids.to_numpy()].to_numpy().astype(int)
     for m in members:
-        if m.folds is None or m.external:
-            continue
-        diff = np.flatnonzero(m.folds != expected)
-        if len(diff):
-            i = int(diff[0])
-            raise DataError(
-                f"trained on other folds than the workspace's {ws.folds_path} ({len(diff)} rows differ, e.g. fold "
-                f"{m.folds[i]} vs {expected[i]}); retrain it on the current folds", file=m.path, column=FOLD_COL,
-                text_id=label_ids.iloc[i],
-            )
+        if m.folds is not None and not m.external:
+            _refuse_other_folds(m, expected, f"other folds than the workspace's {ws.folds_path}", label_ids,
+                                "; retrain it on the current folds")
+
+
+def _refuse_other_folds(m: BlendInput, expected: np.ndarray, than: str, label_ids: pd.Series, hint: str = ""
+                        ) -> None:
+    diff = np.flatnonzero(m.folds != expected)
+    if len(diff):
+        i = int(diff[0])
+        raise DataError(f"trained on {than}: {len(diff)} rows differ, e.g. fold {m.folds[i]} vs {expected[i]}{hint}",
+                        file=m.path, column=FOLD_COL, text_id=label_ids.iloc[i])
 
 
 def workspace_label_ids(ws: Workspace | None, labels: pd.DataFrame) -> pd.DataFrame:

@@ -54,6 +54,11 @@ class Blender(BaseEstimator):
             raise ValueError(f"fitted on {self.n_members_} members, got {P.shape[0]}")
         return np.clip(self._predict(P, meta), SCORE_MIN, SCORE_MAX)
 
+    def _store(self, params: dict) -> None:
+        """The constructor's arguments as same-named attributes, unchanged: what scikit-learn's get_params and
+        clone read back."""
+        vars(self).update({k: v for k, v in params.items() if k != "self"})
+
     def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
         raise NotImplementedError
 
@@ -114,14 +119,7 @@ class ScipyWeights(WeightBlender):
     def __init__(self, method: str = "SLSQP", bounds: tuple[float, float] | None = (0.0, 1.0), per_trait: bool = True,
                  shrink: float = 0.0, shrink_grid: list[float] | None = None, inner_folds: int = 4, seed: int = 0,
                  maxiter: int = 1000) -> None:
-        self.method = method
-        self.bounds = bounds
-        self.per_trait = per_trait
-        self.shrink = shrink
-        self.shrink_grid = shrink_grid
-        self.inner_folds = inner_folds
-        self.seed = seed
-        self.maxiter = maxiter
+        self._store(locals())
 
     def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
         self.shrink_: list[float] = []
@@ -169,8 +167,7 @@ class NNLS(WeightBlender):
     """Non-negative least squares (scipy.optimize.nnls); `normalize` rescales the weights to sum to 1."""
 
     def __init__(self, per_trait: bool = True, normalize: bool = False) -> None:
-        self.per_trait = per_trait
-        self.normalize = normalize
+        self._store(locals())
 
     def _fit_weights(self, Pt: np.ndarray, yt: np.ndarray) -> tuple[np.ndarray, float]:
         w, _ = nnls(Pt.T, yt)
@@ -192,13 +189,7 @@ class HillClimb(WeightBlender):
 
     def __init__(self, n_iter: int = 100, allow_negative: bool = False, per_trait: bool = True, n_bags: int = 0,
                  bag_fraction: float = 0.5, tol: float = 1e-7, seed: int = 0) -> None:
-        self.n_iter = n_iter
-        self.allow_negative = allow_negative
-        self.per_trait = per_trait
-        self.n_bags = n_bags
-        self.bag_fraction = bag_fraction
-        self.tol = tol
-        self.seed = seed
+        self._store(locals())
 
     def _fit_weights(self, Pt: np.ndarray, yt: np.ndarray) -> tuple[np.ndarray, float]:
         m = len(Pt)
@@ -247,10 +238,7 @@ class RidgeStacker(Blender):
 
     def __init__(self, alpha: float = 100.0, alphas: list[float] | None = None, prior: str = "mean",
                  cross_trait: bool = False) -> None:
-        self.alpha = alpha
-        self.alphas = alphas
-        self.prior = prior
-        self.cross_trait = cross_trait
+        self._store(locals())
 
     def _design(self, P: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         base = P.mean(axis=0) if self.prior == "mean" else np.zeros(P.shape[1:])
@@ -288,17 +276,7 @@ class LGBMStacker(Blender):
                  min_child_samples: int = 50, subsample: float = 0.8, colsample_bytree: float = 0.8,
                  reg_lambda: float = 1.0, features: str = "summary", prior: str = "mean", n_jobs: int = 1,
                  seed: int = 0) -> None:
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.reg_lambda = reg_lambda
-        self.features = features
-        self.prior = prior
-        self.n_jobs = n_jobs
-        self.seed = seed
+        self._store(locals())
 
     def _design(self, P: np.ndarray, meta: np.ndarray | None) -> np.ndarray:
         if self.features == "summary":

@@ -119,26 +119,18 @@ def score_methods(cfg: BlendConfig, P: np.ndarray, y: np.ndarray, splits: list[O
     for name, p in zip(member_names, P):
         per = rmse_per_trait(y, p)
         rows.append(_row(name, "member", per, per, 0.0, 0.0))
+    runs = [(spec.name, spec.kind, build_method(spec, cfg), meta if spec.meta else None, 1) for spec in cfg.methods]
+    if cfg.honest_selection and len(cfg.methods) > 1:  # a whole inner CV per outer fold: worth the processes
+        runs.append((SELECTED_ROW, "selection", build_selector(cfg), meta, -1))
     oofs = {}
-    for spec in cfg.methods:
-        est = build_method(spec, cfg)
-        m = meta if spec.meta else None
+    for name, kind, est, m, n_jobs in runs:
         t0 = time.perf_counter()
-        res = nested_cv(est, P, y, splits, meta=m)
+        res = nested_cv(est, P, y, splits, meta=m, n_jobs=n_jobs)
         _, ins, _ = in_sample(est, P, y, meta=m)
-        rows.append(_row(spec.name, spec.kind, ins, res.per_trait, res.mcrmse_std, time.perf_counter() - t0))
-        oofs[spec.name] = res.mean_oof
-        logger.info("%-24s nested %.5f  in-sample %.5f  (%.2fs)", spec.name, res.mcrmse, ins.mean(),
-                    rows[-1]["seconds"])
-    if cfg.honest_selection and len(cfg.methods) > 1:
-        sel = build_selector(cfg)
-        t0 = time.perf_counter()
-        res = nested_cv(sel, P, y, splits, meta=meta, n_jobs=-1)  # a whole inner CV per fold: worth the processes
-        _, ins, _ = in_sample(sel, P, y, meta=meta)
-        rows.append(_row(SELECTED_ROW, "selection", ins, res.per_trait, res.mcrmse_std, time.perf_counter() - t0))
-        oofs[SELECTED_ROW] = res.mean_oof
-        logger.info("%-24s nested %.5f  (choosing among %d methods by inner CV, scored by the outer CV)",
-                    SELECTED_ROW, res.mcrmse, len(cfg.methods))
+        rows.append(_row(name, kind, ins, res.per_trait, res.mcrmse_std, time.perf_counter() - t0))
+        oofs[name] = res.mean_oof
+        logger.info("%-24s nested %.5f  in-sample %.5f  (%.2fs)%s", name, res.mcrmse, ins.mean(), rows[-1]["seconds"],
+                    f"  choosing among {len(cfg.methods)} methods by inner CV" if kind == "selection" else "")
     return pd.DataFrame(rows), oofs
 
 

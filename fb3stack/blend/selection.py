@@ -49,11 +49,7 @@ class SelectThenBlend(Blender):
 
     def __init__(self, base: Blender | None = None, prune_corr: float | None = 0.999, forward: bool = True,
                  max_members: int | None = None, min_gain: float = 0.0) -> None:
-        self.base = base
-        self.prune_corr = prune_corr
-        self.forward = forward
-        self.max_members = max_members
-        self.min_gain = min_gain
+        self._store(locals())
 
     def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
         keep = list(range(len(P)))
@@ -93,9 +89,7 @@ class InnerCVSelect(Blender):
     """
 
     def __init__(self, candidates: list | None = None, n_folds: int = 5, seed: int = 0) -> None:
-        self.candidates = candidates
-        self.n_folds = n_folds
-        self.seed = seed
+        self._store(locals())
 
     def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
         from fb3stack.blend.nested import nested_cv, outer_splits

@@ -32,8 +32,7 @@ class StackedBlender(RegressorMixin, BaseEstimator):
     """`blender` (default MeanBlend) fitted on the (m, n, t) stack unpacked from a 2-D X; see the module doc."""
 
     def __init__(self, blender: Blender | None = None, n_meta: int = 0) -> None:
-        self.blender = blender
-        self.n_meta = n_meta
+        self.blender, self.n_meta = blender, n_meta
 
     def _unpack(self, X: np.ndarray, n_traits: int) -> tuple[np.ndarray, np.ndarray | None]:
         X = np.asarray(X, dtype=np.float64)

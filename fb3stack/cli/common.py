@@ -27,10 +27,6 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     return load_run_config(getattr(args, "config", None), getattr(args, "overrides", []))
 
 
-def workspace_of(args: argparse.Namespace, cfg: RunConfig) -> Workspace:
-    return Workspace.at(args.workspace or cfg.workspace)
-
-
 def log_to_workspace(ws: Workspace, command: str) -> Path:
     """Mirror the console log into workspace/logs/<command>-<time>.log."""
     path = ws.logs_dir / f"{command}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}.log"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, workspace_of, writing
+from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, writing
 from fb3stack.config import config_dir
 from fb3stack.folds import fold_summary
-from fb3stack.workspace import ensure_folds, load_training_data
+from fb3stack.workspace import Workspace, ensure_folds, load_training_data
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         cfg.folds.seed = args.seed
     if args.from_file:  # a command-line path: relative to the current folder, not the zoo YAML's
         cfg.folds.file = str(Path(args.from_file).expanduser().resolve())
-    ws = workspace_of(args, cfg)
+    ws = Workspace.at(args.workspace or cfg.workspace)
     _, train = load_training_data(cfg.data, args.data_dir)
     with writing(ws, "folds"):
         log_to_workspace(ws, "folds")

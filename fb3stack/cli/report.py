@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fb3stack.report.gather import gather, headline, pick_blend
-from fb3stack.workspace import Workspace
+from fb3stack.report.gather import gather, headline
+from fb3stack.workspace import Workspace, find_blend
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise SystemExit(f"{root}: no such workspace")
     ws = Workspace(root)
-    blend_dir = pick_blend(root, args.blend)
+    blend_dir = find_blend(root, args.blend, newest=True)
     submission = root / "submission.csv"
     out = Path(args.out).with_suffix(".md") if args.out else None
     md = write_report(ws, blend_dir, submission if submission.is_file() else None, {}, out=out,

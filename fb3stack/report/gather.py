@@ -18,7 +18,7 @@ import pandas as pd
 from fb3stack.constants import ID_COL, TARGETS
 from fb3stack.data import DataError, load_train, resolve_data_dir
 from fb3stack.io import read_json
-from fb3stack.workspace import Workspace
+from fb3stack.workspace import Workspace, find_blend
 
 logger = logging.getLogger(__name__)
 
@@ -123,21 +123,6 @@ def read_labels(root: Path, data_dir: str | os.PathLike | None) -> tuple[pd.Data
     return labels.set_index(ID_COL), None
 
 
-def pick_blend(root: Path, name: str | None = None) -> Path | None:
-    blends = root / "blends"
-    if name:
-        path = blends / name
-        if not (path / "spec.json").is_file():
-            raise FileNotFoundError(f"{path}: no fitted blend (spec.json)")
-        return path
-    found = sorted((p for p in blends.glob("*") if (p / "spec.json").is_file()),
-                   key=lambda p: (p / "spec.json").stat().st_mtime) if blends.is_dir() else []
-    if len(found) > 1:
-        logger.info("%d blends in %s; reporting the newest, %s (choose with --blend)", len(found), blends,
-                    found[-1].name)
-    return found[-1] if found else None
-
-
 def honest_choice(table: pd.DataFrame | None, spec: dict) -> tuple[str, float | None]:
     """The row whose nested score honestly estimates the saved blend.
 
@@ -215,7 +200,7 @@ def gather(root: str | os.PathLike, data_dir: str | os.PathLike | None = None, b
         raise FileNotFoundError(f"{root}: no such workspace")
     members, oofs = read_members(root)
     labels, why = read_labels(root, data_dir) if with_labels else (None, None)
-    blend = read_blend(root, blend_dir if blend_dir is not None else pick_blend(root, blend_name))
+    blend = read_blend(root, blend_dir if blend_dir is not None else find_blend(root, blend_name, newest=True))
     if timings is None:
         timings = read_json(root / TIMINGS_FILE) if (root / TIMINGS_FILE).is_file() else {}
     data = ReportData(root, members, oofs, labels, blend, read_histories(root), timings)

@@ -28,7 +28,7 @@ from fb3stack.constants import ID_COL, SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 from fb3stack.data import DataError, fingerprint, load_sample_submission, load_test
 from fb3stack.io import load_npz_checked, read_json, save_npz_checked, write_csv
 from fb3stack.progress import progress
-from fb3stack.workspace import CorruptArtefactError, StaleArtefactError, read_manifest, verify_folder
+from fb3stack.workspace import CorruptArtefactError, StaleArtefactError, find_blend, read_manifest, verify_folder
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class PredictSources:
     @classmethod
     def from_workspace(cls, workspace: str | os.PathLike, blend: str | None = None) -> PredictSources:
         root = Path(workspace)
-        return cls(root / "models", _pick_blend(root / "blends", blend), root / "predictions", {})
+        return cls(root / "models", find_blend(root, blend), root / "predictions", {})
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> PredictSources:
@@ -54,19 +54,6 @@ class PredictSources:
         path_map = {spec: str(root / rel) for spec, rel in meta.get("paths", {}).items()}
         cache = Path(cache_root) if cache_root else root / "predictions"
         return cls(root / "models", root / "blend", cache, path_map)
-
-
-def _pick_blend(blends_root: Path, name: str | None) -> Path:
-    if name:
-        path = blends_root / name
-        if not (path / "spec.json").is_file():
-            raise FileNotFoundError(f"{path}: no fitted blend (spec.json); run `fb3stack blend` first")
-        return path
-    found = sorted(p for p in blends_root.glob("*") if (p / "spec.json").is_file()) if blends_root.is_dir() else []
-    if len(found) != 1:
-        names = [p.name for p in found]
-        raise FileNotFoundError(f"{blends_root}: expected exactly one fitted blend, found {names}; pass --blend NAME")
-    return found[0]
 
 
 def _rewrite(value: object, path_map: dict[str, str]) -> object:

@@ -16,16 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
-from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from fb3stack import dist
-from fb3stack.base.transformer.config import TransformerConfig
-from fb3stack.base.transformer.engine import Engine
-from fb3stack.base.transformer.tracking import log_with
 
 
 class ShardedBatchSampler(Sampler[list[int]]):
@@ -69,20 +64,12 @@ def gather_rows(n: int, rows: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarr
     """Reassemble per-process row shards into full (n, ...) arrays on every process."""
     if not dist.is_distributed():
         return arrays
-    parts = dist.gather_objects((rows, arrays))
+    from accelerate.utils import gather_object
+
+    parts = gather_object([(rows, arrays)])  # every process's (rows, arrays), in rank order
     seen = np.concatenate([r for r, _ in parts])
     if len(seen) != n or len(np.unique(seen)) != n:
         raise RuntimeError(f"validation shards cover {len(np.unique(seen))} of {n} rows with {len(seen)} entries")
-    out = []
-    for k, ref in enumerate(arrays):
-        full = np.empty((n, *ref.shape[1:]), dtype=ref.dtype)
-        for r, arrs in parts:
-            full[r] = arrs[k]
-        out.append(full)
-    return tuple(out)
+    order = np.argsort(seen)  # seen is a permutation of 0..n-1: row seen[i] is entry i
+    return tuple(np.concatenate([a[k] for _, a in parts])[order] for k in range(len(arrays)))
 
-
-def make_engine(model: nn.Module, cfg: TransformerConfig, fold_dir: Path | None = None) -> Engine:
-    """The training engine, tracking (cfg.tracking) under `fold_dir`; under data parallelism accelerate gives it
-    this process's device and wraps DDP."""
-    return Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm, log_with(cfg.tracking), fold_dir)

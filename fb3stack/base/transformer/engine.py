@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fb3stack.hardware import cpu_has_native_bf16
+from fb3stack.hardware import cpu_has_native_bf16, physical_cores
 
 logger = logging.getLogger(__name__)
 
@@ -33,24 +32,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@cache
-def physical_cores() -> int:
-    """Distinct (socket, core) pairs in /proc/cpuinfo; hyper-threads share one core's matmul units."""
-    try:
-        cores, socket = set(), "0"
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "physical id":
-                socket = value.strip()
-            elif key.strip() == "core id":
-                cores.add((socket, value.strip()))
-        if cores:
-            return min(len(cores), os.cpu_count() or len(cores))
-    except OSError:
-        pass
-    return os.cpu_count() or 1
-
-
 def limit_cpu_threads() -> None:
     """Never more torch threads than physical cores: a second thread per core only fights for the same units.
 
@@ -61,29 +42,10 @@ def limit_cpu_threads() -> None:
         torch.set_num_threads(physical_cores())
 
 
-def cpu_bf16_supported() -> bool:
-    return cpu_has_native_bf16()  # the one test, shared with embedding precision "auto" (fb3stack.hardware)
-
-
-_logged: set[str] = set()
-
-
-def _log_once(level: int, msg: str, *args: object) -> None:
+@cache
+def _log_once(level: int, text: str) -> None:
     """One line per process and message: an engine is built per fold and per prediction."""
-    text = msg % args
-    if text not in _logged:
-        _logged.add(text)
-        logger.log(level, text)
-
-
-def native_bf16(device: torch.device) -> tuple[bool, str]:
-    """(has bf16 tensor cores, why). `torch.cuda.is_bf16_supported()` also says yes where bf16 is only
-    emulated (T4, P100, V100): there bf16 runs several times slower than fp16, so ask for Ampere or newer."""
-    major, minor = torch.cuda.get_device_capability(device)
-    name = torch.cuda.get_device_name(device)
-    if major >= 8:
-        return True, f"{name} (compute capability {major}.{minor}) has native bf16"
-    return False, f"{name} (compute capability {major}.{minor}) has no bf16 tensor cores"
+    logger.log(level, text)
 
 
 def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
@@ -94,19 +56,23 @@ def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
     numbers, so CPU runs stay fp32 unless asked.
     """
     if device.type == "cpu" and name == "bf16":
-        if cpu_bf16_supported():
+        if cpu_has_native_bf16():
             return torch.bfloat16
         _log_once(logging.WARNING, "amp: bf16 asked for, but this CPU has no fast bf16; running fp32")
         return None
     if device.type != "cuda" or name == "none":
         return None
-    native, why = native_bf16(device)
+    # not torch.cuda.is_bf16_supported(): it also says yes where bf16 is only emulated (T4, P100, V100), several
+    # times slower than fp16 there; bf16 tensor cores came with Ampere (compute capability 8.0)
+    major, minor = torch.cuda.get_device_capability(device)
+    native = major >= 8
+    why = (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has "
+           + ("native bf16" if native else "no bf16 tensor cores"))
     if name == "auto":
-        dtype = torch.bfloat16 if native else torch.float16
-        _log_once(logging.INFO, "amp auto -> %s: %s", "bf16" if native else "fp16 + GradScaler", why)
-        return dtype
+        _log_once(logging.INFO, f"amp auto -> {'bf16' if native else 'fp16 + GradScaler'}: {why}")
+        return torch.bfloat16 if native else torch.float16
     if name == "bf16" and not native:
-        _log_once(logging.WARNING, "amp: bf16 asked for, but %s: it is emulated and slow; fp16 is faster", why)
+        _log_once(logging.WARNING, f"amp: bf16 asked for, but {why}: it is emulated and slow; fp16 is faster")
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
@@ -151,12 +117,11 @@ class Engine:
         # on the device before the optimiser is built (fused AdamW picks its kernels per device); DDP wraps it later
         self.model = model.to(self.device)
         self.grad_accum, self.max_grad_norm = grad_accum, max_grad_norm
-        self.micro_step, self._sync = 0, False
-        # optimiser steps whose gradients overflowed (inf/NaN norm after unscaling: exactly when GradScaler skips
-        # the step and lowers its scale), counted on the device and read only when logged. Not accelerate's
-        # optimizer_step_was_skipped: it watches whether optimizer.step() ran, but with fused AdamW GradScaler
-        # always calls step() and the kernel itself skips the update (torch.amp.GradScaler.step,
-        # _step_supports_amp_scaling), so it would never see a skip.
+        # sync_step: True inside and after the micro-batch that completes an accumulation round, until `step`
+        self.micro_step, self.sync_step = 0, False
+        # optimiser steps whose gradients overflowed (inf/NaN norm after unscaling: exactly when GradScaler skips),
+        # counted on the device and read only when logged. Not accelerate's optimizer_step_was_skipped: with fused
+        # AdamW GradScaler always calls step() and the kernel itself skips the update, so it never sees a skip.
         self.skipped_steps = torch.zeros((), dtype=torch.long, device=self.device)
         if self.device.type == "cpu":
             limit_cpu_threads()
@@ -190,25 +155,15 @@ class Engine:
     def autocast(self) -> contextlib.AbstractContextManager:
         return self.accelerator.autocast()
 
-    @property
-    def sync_step(self) -> bool:
-        """True inside and after the micro-batch that completes an accumulation round, until `step`."""
-        return self._sync
-
     @contextlib.contextmanager
     def accumulate(self, last: bool = False) -> Iterator[None]:
         """Wraps one micro-batch's forward/backward passes; `last`: the epoch's final micro-batch, which ends a
-        round early.
-
-        Not `Accelerator.accumulate`: it learns where an epoch ends only from a dataloader it prepared
-        (GradientState.end_of_dataloader), and ours are sharded by length-bucketed batches of our own. The rest is
-        the same: gradients stay local (no_sync) until the round's last micro-batch, and the wrapped optimiser
-        steps and zeroes only when `sync_gradients` is set.
-        """
+        round early. Gradients stay local (no_sync) until the round's last micro-batch; the wrapped optimiser steps
+        and zeroes only when `sync_gradients` is set. Not `Accelerator.accumulate`: it learns where an epoch ends
+        only from a dataloader it prepared, and ours are sharded by length-bucketed batches of our own."""
         self.micro_step += 1
-        self._sync = self.micro_step >= self.grad_accum or last
-        self.accelerator.sync_gradients = self._sync
-        with contextlib.nullcontext() if self._sync else self.accelerator.no_sync(self.model):
+        self.sync_step = self.accelerator.sync_gradients = self.micro_step >= self.grad_accum or last
+        with contextlib.nullcontext() if self.sync_step else self.accelerator.no_sync(self.model):
             yield
 
     def no_sync(self) -> contextlib.AbstractContextManager:
@@ -227,5 +182,5 @@ class Engine:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.micro_step, self._sync = 0, False
+        self.micro_step, self.sync_step = 0, False
         return norm

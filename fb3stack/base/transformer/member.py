@@ -37,11 +37,12 @@ from fb3stack.base.transformer.backbone import (
 )
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import TokenCache, make_loader
-from fb3stack.base.transformer.ddp import make_engine, shard_rows, shard_train_loader
+from fb3stack.base.transformer.ddp import shard_rows, shard_train_loader
 from fb3stack.base.transformer.engine import Engine, pick_amp, pick_device
 from fb3stack.base.transformer.losses import make_loss
 from fb3stack.base.transformer.model import FB3Model
 from fb3stack.base.transformer.optim import make_optimizer, make_scheduler, param_groups
+from fb3stack.base.transformer.tracking import log_with
 from fb3stack.base.transformer.trainer import Trainer, predict
 from fb3stack.constants import TARGETS, TEXT_COL
 from fb3stack.io import read_json, write_json
@@ -104,7 +105,8 @@ class TransformerMember(Member):
         rows = shard_rows(len(valid))
         valid_tokens = self._tokens(tokenizer, valid[TEXT_COL].tolist())
         valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad)
-        engine = make_engine(model, cfg, fold_dir)
+        engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm, log_with(cfg.tracking),
+                        fold_dir)
         optimizer = make_optimizer(engine.model, cfg)
         total = -(-len(train_loader) // cfg.grad_accum) * cfg.epochs
         engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))

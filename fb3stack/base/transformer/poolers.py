@@ -80,11 +80,8 @@ class AttentionPooler(Pooler):
 
 
 class WeightedLayerPooler(Pooler):
-    """Softmax-weighted sum of the last N layers per token, then a masked mean over tokens.
-
-    Issue 3 calls the seed's version buggy; this one keeps the weights a convex combination (softmax), mixes
-    whole layers per token rather than picking one token, and averages over real tokens only.
-    """
+    """Softmax-weighted sum of the last N layers per token (a convex combination), then a masked mean over
+    real tokens."""
 
     needs_hidden_states = True
 
