@@ -139,3 +139,24 @@ def test_unchanged_blend_is_reused_changed_or_damaged_is_not(tmp_path, zoo, fb3_
     write_cfg(cfg_path, name="reuse", members=names, methods=METHODS[:3])
     changed = run_blend(load_blend_config(cfg_path), zoo.root, fb3_dir)
     assert scored == [1, 1] and "ridge" in set(changed.table["name"]), "a changed config reused the old blend"
+
+
+def test_find_blend_only_one_or_newest(tmp_path):
+    import os
+
+    from fb3stack.workspace import find_blend
+
+    assert find_blend(tmp_path, newest=True) is None
+    with pytest.raises(FileNotFoundError, match="expected exactly one fitted blend, found"):
+        find_blend(tmp_path)
+    for i, name in enumerate(("old", "new")):
+        (tmp_path / "blends" / name).mkdir(parents=True)
+        (tmp_path / "blends" / name / "spec.json").write_text("{}")
+        os.utime(tmp_path / "blends" / name / "spec.json", (1_000 + i, 1_000 + i))
+    (tmp_path / "blends" / "unfinished").mkdir()  # no spec.json: not a fitted blend
+    with pytest.raises(FileNotFoundError, match=r"found \['old', 'new'\]; pass --blend NAME"):
+        find_blend(tmp_path)  # predict must not guess between two blends
+    assert find_blend(tmp_path, newest=True).name == "new"  # the report shows the latest
+    assert find_blend(tmp_path, "old").name == "old"
+    with pytest.raises(FileNotFoundError, match="no fitted blend"):
+        find_blend(tmp_path, "unfinished")
