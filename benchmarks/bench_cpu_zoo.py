@@ -188,8 +188,8 @@ def main() -> None:
         return
     print("members:", {k[4:]: v for k, v in by["cold"].items() if k.startswith("oof_")})
     print(f"blend {by['cold'].get('blend_method')} nested {by['cold'].get('blend_nested')} (target 0.490); "
-          f"cold {by['cold']['seconds']:.0f} s (target 720); rerun {by['rerun']['seconds']:.0f} s, "
-          f"warm {by['warm']['seconds']:.0f} s (target 60); predict {args.n_predict} essays "
+          f"cold {by['cold']['seconds']:.0f} s (target 720); rerun {by['rerun']['seconds']:.0f} s (target 60), "
+          f"refit from warm caches {by['warm']['seconds']:.0f} s; predict {args.n_predict} essays "
           f"{by['predict']['seconds']:.0f} s (target 120); bundle {by['bundle']['bundle_mb']} MB, "
           f"{by['bundle']['bundle_duplicate_mb']} MB stored twice -> {out}")
 
