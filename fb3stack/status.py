@@ -176,7 +176,8 @@ def _blend_stale_reasons(root: Path, blend_dir: Path, check: Check, data_dir: st
     ws = Workspace(root)
     base_dir = config_dir(cfg.source)
     try:
-        labels = workspace_label_ids(ws, load_train(resolve_data_dir(data_dir, cfg.data_dir) / cfg.train_file))
+        recorded = cfg.data_dir or (check.cfg.data.data_dir if check.cfg else None)  # where the run read them
+        labels = workspace_label_ids(ws, load_train(resolve_data_dir(data_dir, recorded) / cfg.train_file))
         members = load_members(cfg.members, labels, ws, base_dir)
         _, outer_folds, outer_desc = resolve_outer(cfg, members, labels, base_dir)
     except (DataError, ConfigError, ValueError) as err:

@@ -106,3 +106,14 @@ def test_status_lists_cached_predictions_by_model_and_says_unknown_without_data(
     monkeypatch.delenv("FB3STACK_DATA", raising=False)
     blend = by_name(collect(ws, data_dir=tmp_path / "nowhere"), "blends", "blend")["b"]
     assert blend["state"] == "unknown"
+
+
+def test_status_after_run_finds_the_data_the_run_used(zoo, fb3_dir, monkeypatch):
+    """`fb3stack run` records its data folder; a later `status` with no --data-dir and no $FB3STACK_DATA judges
+    the members and the blend against it instead of calling the blend unknown."""
+    ws = zoo.parent / "ws"
+    assert main(["run", str(zoo), "--data-dir", str(fb3_dir)]) == 0
+    monkeypatch.delenv("FB3STACK_DATA", raising=False)
+    status = collect(ws, data_dir=None)
+    assert status["problems"] == []
+    assert by_name(status, "blends", "blend")["b"]["state"] == "fresh"

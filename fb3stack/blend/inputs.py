@@ -206,11 +206,6 @@ def workspace_label_ids(ws: Workspace | None, labels: pd.DataFrame) -> pd.DataFr
     return labels[keep].reset_index(drop=True)
 
 
-def member_folds(members: list[BlendInput]) -> np.ndarray | None:
-    """The shared fold column of the members, or None when none has one."""
-    return next((m.folds for m in members if m.folds is not None), None)
-
-
 def meta_features(labels: pd.DataFrame, names: list[str]) -> np.ndarray | None:
     """Per-essay features for stackers; computed from the essay text so they exist for new essays too."""
     if not names:

@@ -25,7 +25,7 @@ import pandas as pd
 
 from fb3stack.blend.config import BlendConfig, MethodConfig
 from fb3stack.blend.fitted import MODEL_FILE, SPEC_FILE
-from fb3stack.blend.inputs import BlendInput, load_members, member_folds, meta_features, workspace_label_ids
+from fb3stack.blend.inputs import BlendInput, load_members, meta_features, workspace_label_ids
 from fb3stack.blend.methods import Blender, make_method
 from fb3stack.blend.nested import OuterSplit, in_sample, nested_cv, outer_splits
 from fb3stack.blend.selection import InnerCVSelect, SelectThenBlend
@@ -56,7 +56,7 @@ def resolve_outer(cfg: BlendConfig, members: list[BlendInput], labels: pd.DataFr
                   base_dir: Path | None) -> tuple[list[OuterSplit], np.ndarray | None, str]:
     """The outer splits, the fold column they came from (if any), and a description for the table."""
     o, n = cfg.outer, len(labels)
-    folds = member_folds(members)
+    folds = next((m.folds for m in members if m.folds is not None), None)  # the members' shared fold column
     if o.split == "zoo" and folds is None:
         raise ConfigError("outer.split is 'zoo' but no member has a fold column; use 'kfold' or 'file'")
     if o.split == "file":
