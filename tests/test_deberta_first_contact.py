@@ -58,7 +58,7 @@ def test_user_path_trains_two_folds_and_reloads(hub_folder, fb3_dir, tmp_path):
     rc = main(["train", str(REPO / "configs/models/deberta-v3-base.yaml"), "--data-dir", str(fb3_dir),
                "--workspace", str(ws), "--set", f"backbone={hub_folder}", "--set", "data.limit=160",
                "--set", "folds.n_folds=2", "--set", "max_len=96", "--set", "epochs=3", "--set", "batch_size=8",
-               "--set", "device=cpu", "--set", "amp=none", "--set", "eval_every=0", "--set", "lr=2e-3",
+               "--set", "device=cpu", "--set", "amp=none", "--set", "evals_per_epoch=1", "--set", "lr=2e-3",
                "--set", "head_lr=5e-3", "--set", "adversarial=none", "--set", "warmup_ratio=0"])
     assert rc == 0
     model_dir = ws / "models" / "deberta-v3-base"

@@ -266,3 +266,63 @@ def test_renamed_pooler_still_read() -> None:
     assert isinstance(old, MeanConcatPooler) and old.out_dim == 24
     with pytest.raises(ValueError, match="unknown pooler"):
         make_pooler("mean-last5-concat", 8)
+
+
+def test_regression_defaults_turn_dropout_off(tiny):
+    """Dropout scales activations differently in training and evaluation, which biases a regression head's
+    scores: a transformer member turns it off unless its config says otherwise (the tiny backbone's own
+    config.json says 0.1)."""
+    from fb3stack.base.transformer.config import TransformerConfig
+
+    defaults = TransformerConfig(name="x", kind="transformer")
+    assert (defaults.hidden_dropout, defaults.attention_dropout, defaults.head_dropout) == (0.0, 0.0, 0.0)
+    base = dict(name="tiny", kind="transformer", backbone=str(tiny), device="cpu", amp="none")
+    model = FB3Model(prepare_backbone(load_backbone(TransformerConfig(**base), tiny), TransformerConfig(**base)),
+                     TransformerConfig(**base))
+    rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
+    assert rates == {0.0}, rates
+    # the old behaviour is one setting away: null keeps the checkpoint's dropout
+    kept = TransformerConfig(**base, hidden_dropout=None, attention_dropout=None)
+    assert load_backbone(kept, tiny).config.hidden_dropout_prob == 0.1
+
+
+def test_eval_cadence_evaluates_late_in_training():
+    from fb3stack.base.transformer.config import TransformerConfig
+    from fb3stack.base.transformer.trainer import eval_steps
+
+    cfg = TransformerConfig(name="x", kind="transformer", epochs=3, evals_per_epoch=4, eval_start=1.0)
+    # epoch ends always; quarter-epochs only from the second epoch on
+    assert sorted(eval_steps(cfg, 10)) == [10, 12, 15, 18, 20, 22, 25, 28, 30]
+    cfg = TransformerConfig(name="x", kind="transformer", epochs=2, eval_every=4, eval_start=0.5)
+    assert sorted(eval_steps(cfg, 10)) == [8, 10, 12, 16, 20]
+    assert sorted(eval_steps(TransformerConfig(name="x", kind="transformer", epochs=2), 10)) == [10, 20]
+    with pytest.raises(ValueError, match="not both"):
+        TransformerConfig(name="x", kind="transformer", eval_every=5, evals_per_epoch=2)
+    with pytest.raises(ValueError, match="eval_start"):
+        TransformerConfig(name="x", kind="transformer", epochs=2, eval_start=3)
+
+
+def test_fit_follows_the_eval_cadence(tiny, train_df, tmp_path):
+    # 24 essays in batches of 8: 3 steps an epoch; three evaluations an epoch from the second epoch on
+    result = _fit(tiny, train_df, tmp_path, epochs=2, evals_per_epoch=3, eval_start=1.0)
+    assert result.history["step"].tolist() == [3, 4, 5, 6]
+    assert result.history["epoch"].tolist() == pytest.approx([1.0, 4 / 3, 5 / 3, 2.0], abs=1e-3)
+
+
+def test_shipped_transformer_configs_evaluate_late_and_without_dropout():
+    """The shipped recipes must keep giving the fold several checkpoints to choose from in the last epoch."""
+    from pathlib import Path
+
+    from fb3stack.base.transformer.config import TransformerConfig
+    from fb3stack.base.transformer.trainer import eval_steps
+    from fb3stack.config import from_dict, load_yaml
+
+    for path in sorted(Path(__file__).resolve().parent.parent.glob("configs/models/*.yaml")):
+        data = load_yaml(path)
+        if data.get("kind") != "transformer":
+            continue
+        cfg = from_dict(TransformerConfig, data, str(path))
+        spe = 400  # optimiser steps per epoch, about a fold of FB3 at batch 8
+        last_epoch = [s for s in eval_steps(cfg, spe) if s > spe * (cfg.epochs - 1)]
+        assert len(last_epoch) >= 3, (path.name, sorted(eval_steps(cfg, spe)))
+        assert (cfg.hidden_dropout, cfg.attention_dropout, cfg.head_dropout) == (0.0, 0.0, 0.0), path.name

@@ -1,4 +1,5 @@
-"""The epoch loop: train, evaluate every N steps and at each epoch end, keep the best checkpoint, stop early."""
+"""The epoch loop: train, evaluate at each epoch end and on the config's cadence, keep the best checkpoint, stop
+early."""
 
 from __future__ import annotations
 
@@ -76,6 +77,19 @@ class FitOutcome:
     alt_preds: dict[str, np.ndarray] | None = None  # validation predictions of both checkpoints, by name
 
 
+def eval_steps(cfg: TransformerConfig, steps_per_epoch: int) -> set[int]:
+    """Optimiser steps after which to evaluate: every epoch's last step, plus the config's in-epoch cadence
+    (evals_per_epoch evenly spaced, or every eval_every steps) at positions from epoch eval_start on."""
+    total = steps_per_epoch * cfg.epochs
+    ends = {steps_per_epoch * (e + 1) for e in range(cfg.epochs)}
+    if cfg.eval_every:
+        extra = set(range(cfg.eval_every, total + 1, cfg.eval_every))
+    else:
+        extra = {e * steps_per_epoch + round(k * steps_per_epoch / cfg.evals_per_epoch)
+                 for e in range(cfg.epochs) for k in range(1, cfg.evals_per_epoch)}
+    return ends | {s for s in extra if 0 < s <= total and s / steps_per_epoch >= cfg.eval_start - 1e-9}
+
+
 class Trainer:
     def __init__(self, cfg: TransformerConfig, engine: Engine, loss_fn: LossFn, adversary: FGM | AWP | None,
                  checkpoint: Path, desc: str = "") -> None:
@@ -94,6 +108,7 @@ class Trainer:
         self.valid_rows = valid_rows
         steps_per_epoch = math.ceil(len(train_loader) / cfg.grad_accum)
         self.total_steps = steps_per_epoch * cfg.epochs
+        evals = eval_steps(cfg, steps_per_epoch)
         self.best, self.best_step, self.bad_evals = math.inf, -1, 0
         self.best_preds = self.best_emb = None
         self.rows: list[dict] = []
@@ -126,7 +141,7 @@ class Trainer:
                 if step % cfg.log_every == 0:
                     bar.set_postfix(loss=f"{run_loss.item() / run_n:.4f}", lr=f"{self.lr():.2e}",
                                     grad_norm=f"{float(grad_norm):.3f}")
-                if cfg.eval_every and step % cfg.eval_every == 0 and step % steps_per_epoch:
+                if step in evals and step % steps_per_epoch:
                     stop = self.evaluate(valid_loader, y_valid, step, epoch + (i + 1) / len(train_loader),
                                          run_loss, run_n, grad_norm)
                     run_loss, run_n = torch.zeros_like(run_loss), 0
