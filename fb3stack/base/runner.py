@@ -364,7 +364,8 @@ class SavedMember:
                                        "manifest); finish training it (fb3stack train / run)")
         n_folds = len(manifest.get("fold_digests") or [])
         dirs = [fold_dir(self.model_dir, k) for k in range(n_folds)]
-        problems = [p for d in dirs for p in verify_folder(d, may_be_absent=PREDICT_UNUSED)]
+        member = build_member(self.config)
+        problems = [p for d in dirs for p in verify_folder(d, may_be_absent=PREDICT_UNUSED) + member.check_shared(d)]
         if problems:
             raise CorruptArtefactError(f"{self.model_dir.name}: damaged model files, not loaded: "
                                        + "; ".join(problems[:5]) + ". Retrain it (fb3stack train / run).")
