@@ -180,6 +180,10 @@ def test_mismatched_frozen_part_is_refused(frozen_run, fb3_dir, tmp_path, capsys
     assert main(["predict", "--workspace", str(root / "ws"), "--test", str(fb3_dir / "test.csv"), "--out",
                  str(tmp_path / "sub.csv"), "--cache", str(tmp_path / "cache")]) == 2
     assert "frozen part" in capsys.readouterr().err
+    # `run` sets the folds aside and trains them again, which writes the right frozen part back
+    assert main(["run", str(root / "zoo.yaml"), "--workspace", str(root / "ws"), "--data-dir", str(fb3_dir)]) == 0
+    assert len(list((root / "ws" / "models" / ".corrupt").iterdir())) == 2
+    SavedMember.load(model_dir).verify()
     shared.unlink()
     with pytest.raises(CorruptArtefactError, match="missing"):
         member.load_fold(model_dir / "fold1")
