@@ -3,6 +3,7 @@ prediction batched by a token budget. Tiny real DeBERTa-v2 backbones (tests/help
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 
@@ -16,7 +17,6 @@ from safetensors.torch import load_file, save_file
 from transformers import DebertaV2Config, DebertaV2Model
 
 from fb3stack.base.runner import SavedMember
-from fb3stack.base.transformer import engine as engine_mod
 from fb3stack.base.transformer.checkpoint import (
     FROZEN_REF,
     CheckpointWriter,
@@ -215,17 +215,41 @@ def test_token_batched_prediction_matches_fixed_batches_on_cpu(tiny, train_df, t
     np.testing.assert_allclose(by_tokens, fixed, atol=1e-5)
 
 
-@pytest.mark.parametrize("capability,amp,budget", [((7, 5), torch.float16, 16 * 64), ((8, 0), torch.bfloat16,
-                                                                                         16 * 64)])
-def test_gpu_prediction_autocasts_and_batches_by_tokens(monkeypatch, tiny, capability, amp, budget):
-    """What prediction picks on a T4 (fp16) and an A100 (bf16), the device faked as the engine tests do; CPU keeps
-    fp32 and fixed batches."""
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: capability)
+class FakeGpuAccelerator:
+    """accelerate's Accelerator on a CUDA GPU as the Engine sees it, computing on the CPU (as in the engine tests):
+    what prediction asks for is recorded."""
+
+    device, scaler, asked = torch.device("cpu"), None, {}
+
+    def __init__(self, **kwargs):
+        FakeGpuAccelerator.asked = kwargs
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def unwrap_model(self, model):
+        return model
+
+
+def test_gpu_prediction_autocasts_and_batches_by_tokens(tiny, train_df, tmp_path, monkeypatch, caplog):
+    """On a T4 (no native bf16) prediction autocasts fp16, on an A100 bf16, both batched by tokens; the device is
+    faked as the engine tests fake it, the numbers are computed on the CPU."""
+    import accelerate
+
+    train, valid = _split(train_df, n_valid=30)
+    member = TransformerMember(tiny_config(tiny, epochs=1, checkpoint_dtype="fp32", device="auto", amp="auto"))
+    member.fit_fold(train, valid, 0, tmp_path)
+    on_cpu = member.predict_fold(valid, tmp_path)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "GPU (test)")
-    member = TransformerMember(tiny_config(tiny, device="auto", amp="auto"))
-    cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert engine_mod.pick_amp(member.config.amp, cuda) == amp
-    assert member.token_budget(cuda, 64) == budget
-    assert engine_mod.pick_amp(member.config.amp, cpu) is None and member.token_budget(cpu, 64) == 0
+    monkeypatch.setattr(accelerate, "Accelerator", FakeGpuAccelerator)
+    for capability, precision in (((7, 5), "fp16"), ((8, 0), "bf16")):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability, **k: c)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="fb3stack.base.transformer.member"):
+            preds = member.predict_fold(valid, tmp_path)
+        assert FakeGpuAccelerator.asked["mixed_precision"] == precision and FakeGpuAccelerator.asked["cpu"] is False
+        assert f"autocast {precision}, batches of <= {16 * 64} tokens" in caplog.text  # eval_batch_size x max_len
+        np.testing.assert_allclose(preds, on_cpu, atol=1e-5)
     member.config.eval_tokens = 0  # off everywhere
-    assert member.token_budget(cuda, 64) == 0
+    assert member.token_budget(torch.device("cuda"), 64) == 0

@@ -185,7 +185,7 @@ class TransformerMember(Member):
         prep = self.fold_preprocess(fold_dir)
         tokens = self._tokens(tokenizer, df[TEXT_COL].tolist(), prep)
         engine = Engine(model, self.config.device, self.config.amp)
-        budget = self.token_budget(engine.device, prep["max_len"])
+        budget = self.token_budget(pick_device(self.config.device), prep["max_len"])
         loader = (make_token_loader(tokens, budget, pad) if budget
                   else make_loader(tokens, None, self.config.eval_batch_size, False, pad))
         logger.info("%s: predicting %d essays on %s, autocast %s, %s", Path(fold_dir).name, len(df), engine.device,
