@@ -8,9 +8,10 @@ member), and how far predictions from the fp16 checkpoint are from the fp32 one 
   loaded and predicted on held-out real essays: measured file sizes and the max abs prediction difference.
   Prediction runs as `fb3stack predict` runs it on this machine (CPU: fp32 compute, fixed batches).
 
-One CSV row per member to benchmarks/results/checkpoint_size.csv.
+One CSV row per member to benchmarks/results/checkpoint_size.csv (`--configs-only`: the three DeBERTas alone, in
+seconds, to checkpoint_size_configs.csv).
 
-    python benchmarks/bench_checkpoint_size.py --n-train 48 --n-predict 200 --max-len 256
+    python benchmarks/bench_checkpoint_size.py --n-train 32 --n-predict 100 --max-len 256
 """
 
 from __future__ import annotations
@@ -82,12 +83,14 @@ def main() -> None:
     ap.add_argument("--n-predict", type=int, default=200)
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--configs-only", action="store_true", help="only the sizes from configs (seconds)")
     args = ap.parse_args()
-    rows = [from_config(name, args.folds) for name in ("deberta-v3-base", "deberta-v3-large", "deberta-v2-xlarge")]
-    rows.append(minilm(args.data_dir, args.n_train, args.n_predict, args.max_len, args.folds))
     info = machine_info()
-    rows = [{**r, **info} for r in rows]
-    path = save_csv(rows, "checkpoint_size.csv")
+    rows = [{**from_config(name, args.folds), **info}
+            for name in ("deberta-v3-base", "deberta-v3-large", "deberta-v2-xlarge")]
+    if not args.configs_only:
+        rows.append({**minilm(args.data_dir, args.n_train, args.n_predict, args.max_len, args.folds), **info})
+    path = save_csv(rows, "checkpoint_size.csv" if not args.configs_only else "checkpoint_size_configs.csv")
     for r in rows:
         print({k: v for k, v in r.items() if k not in info})
     print(f"wrote {path}")
