@@ -69,7 +69,7 @@ def test_train_resume_oof_and_reload(fb3_dir, tmp_path, monkeypatch):
     # checkpoints are stored in fp16 (half the size of fp32) and resumed runs write them the same way
     for k in range(2):
         stored = load_file(str(model_dir / f"fold{k}" / "model.safetensors"))
-        assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+        assert {v.dtype for k, v in stored.items() if not k.startswith("fc.")} == {torch.float16}  # head: fp32
 
     # the best checkpoint, loaded from a copy of the fold folder alone, reproduces its OOF predictions (computed
     # from the fp32 weights in training) within fp16 rounding

@@ -10,8 +10,9 @@
 Storage is fp16 by default: 10 mantissa bits (relative rounding 2^-11 = 0.05%) against bf16's 7 (0.4%), and
 transformer weights sit far inside fp16's range (|w| < 65504); the hub's DeBERTa-v3 weights and the FB3
 community's shared checkpoints are fp16 too. A tensor that would overflow fp16 (a finite value turning inf) is
-kept in fp32, with a warning, never stored as inf. Loading widens everything to the model's float32 parameters
-(autocast gives the GPU its half-precision speed), so a fold predicts from the rounded weights in fp32.
+kept in fp32, with a warning, never stored as inf; so is the 6-output head (KEEP_FP32, a few kB). Loading
+widens everything to the model's float32 parameters (autocast gives the GPU its half-precision speed), so a
+fold predicts from the rounded weights in fp32.
 
 Only saving changes: training keeps fp32 master weights in memory, and a killed run resumes at the first
 unfinished fold (runner.train_fold), so nothing ever reads a half checkpoint back mid-fold.
@@ -62,11 +63,16 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+# the output head (FB3Model.fc: 6 x width + 6) stays fp32: its bias sits near the trait means (~3), where fp16's
+# step is 2^-9 ~ 0.002, so rounding it alone would shift every prediction by up to 1e-3; it is a few kB
+KEEP_FP32 = ("fc.",)
+
+
 def _stored(tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in tensors.items():
         t = t.detach()
-        if t.is_floating_point() and t.dtype != dtype:
+        if t.is_floating_point() and t.dtype != dtype and not name.startswith(KEEP_FP32):
             half = t.to(dtype)
             if not torch.isfinite(half).all() and torch.isfinite(t).all():
                 logger.warning("%s: |max| %.3g overflows %s; stored in float32", name, t.abs().max().item(), dtype)
@@ -167,7 +173,8 @@ def checkpoint_bytes(cfg: TransformerConfig) -> tuple[int, int]:
     frozen = frozen_names(model)
     per_fold = shared = 0
     for name, t in _state(model).items():
-        size = t.numel() * (bytes_per_param(cfg.checkpoint_dtype) if t.is_floating_point() else t.element_size())
+        half = t.is_floating_point() and not name.startswith(KEEP_FP32)
+        size = t.numel() * (bytes_per_param(cfg.checkpoint_dtype) if half else t.element_size())
         if name in frozen:
             shared += size
         else:
