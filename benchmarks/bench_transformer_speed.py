@@ -36,6 +36,7 @@ from common import encoder_flops, load_average, machine_info, matmul_peak, save_
 from seed_reference import seed_predict, seed_train  # noqa: E402
 
 from fb3stack.base.transformer.backbone import load_backbone, load_tokenizer, resolve_backbone  # noqa: E402
+from fb3stack.base.transformer.checkpoint import CheckpointWriter  # noqa: E402
 from fb3stack.base.transformer.config import TransformerConfig  # noqa: E402
 from fb3stack.base.transformer.data import TokenCache, make_loader  # noqa: E402
 from fb3stack.base.transformer.engine import Engine, physical_cores  # noqa: E402
@@ -114,7 +115,7 @@ def fb3_train(model: FB3Model, tokenizer: object, texts: list[str], y: np.ndarra
     engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
     optimizer = make_optimizer(engine.model, cfg)
     engine.prepare(optimizer, make_scheduler(optimizer, cfg, len(loader)))
-    trainer = Trainer(cfg, engine, make_loss(cfg), None, tmp / "model.safetensors", desc="bench")
+    trainer = Trainer(cfg, engine, make_loss(cfg), None, CheckpointWriter(tmp, cfg.checkpoint_dtype), desc="bench")
     return trainer.fit(loader, valid, y[:2].astype(np.float64)).steps
 
 

@@ -7,7 +7,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from helpers_tiny_deberta import build_tiny_deberta, tiny_config
+from safetensors.torch import load_file
 
 from fb3stack.base.executors import run_local
 from fb3stack.base.runner import SavedMember
@@ -64,7 +66,13 @@ def test_train_resume_oof_and_reload(fb3_dir, tmp_path, monkeypatch):
         assert hist["valid_mcrmse"].min() == pytest.approx(pd.read_json(model_dir / f"fold{k}" / "metrics.json",
                                                                         typ="series")["mcrmse"])
 
-    # the best checkpoint, loaded from a copy of the fold folder alone, reproduces its OOF predictions
+    # checkpoints are stored in fp16 (half the size of fp32) and resumed runs write them the same way
+    for k in range(2):
+        stored = load_file(str(model_dir / f"fold{k}" / "model.safetensors"))
+        assert {v.dtype for k, v in stored.items() if not k.startswith("fc.")} == {torch.float16}  # head: fp32
+
+    # the best checkpoint, loaded from a copy of the fold folder alone, reproduces its OOF predictions (computed
+    # from the fp32 weights in training) within fp16 rounding
     bundle = tmp_path / "bundle"
     shutil.copytree(model_dir, bundle)
     shutil.rmtree(backbone)
@@ -74,7 +82,7 @@ def test_train_resume_oof_and_reload(fb3_dir, tmp_path, monkeypatch):
         rows = prep.train["fold"].to_numpy() == k
         valid = prep.train[rows].reset_index(drop=True)
         preds, feats = member.predict_fold_with_embeddings(valid, bundle / f"fold{k}")
-        np.testing.assert_allclose(preds, oof.loc[rows, list(TARGETS)].to_numpy(), atol=1e-5)
-        np.testing.assert_allclose(feats, emb[rows], atol=1e-4)
+        np.testing.assert_allclose(preds, oof.loc[rows, list(TARGETS)].to_numpy(), atol=2e-3)
+        np.testing.assert_allclose(feats, emb[rows], atol=2e-3)
     both = saved.predict(prep.train.head(5))
     assert both.shape == (5, 6) and np.isfinite(both).all()

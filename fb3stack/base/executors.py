@@ -31,7 +31,8 @@ def pending_jobs(members: Sequence[MemberConfig], prep: Prepared, folds: Sequenc
             logger.info("%s: up to date, skipped", m.name)
             continue
         model_dir = begin_member(m, prep)  # serially here, so parallel jobs never race on archiving
-        jobs += [(m, k) for k in (folds if folds is not None else range(prep.n_folds)) if not check_fold(model_dir, k)]
+        todo = folds if folds is not None else range(prep.n_folds)
+        jobs += [(m, k) for k in todo if not check_fold(model_dir, k, m)]
     return jobs
 
 

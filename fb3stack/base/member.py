@@ -68,6 +68,15 @@ class Member(ABC):
         """What `train --dry-run` shows: the member checked without training, data or network."""
         return {"name": self.config.name, "kind": self.config.kind, "here": "cpu"}
 
+    def shared_files(self, fold_dir: Path) -> list[Path]:
+        """Files outside `fold_dir` that loading it needs (stored once per member, e.g. a transformer's frozen
+        layers); a bundle copies them along, at the same place relative to the fold."""
+        return []
+
+    def check_shared(self, fold_dir: Path) -> list[str]:
+        """Problems with those files (missing, not the ones the fold recorded); the fold's seal covers the rest."""
+        return []
+
     def predict_folds(self, df: pd.DataFrame, fold_dirs: list[Path]) -> np.ndarray:
         """Average of the fold models; members that can share work across folds (embeddings) override this."""
         return np.mean([self.predict_fold(df, d) for d in fold_dirs], axis=0)

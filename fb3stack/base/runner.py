@@ -200,13 +200,16 @@ def fold_done(model_dir: Path, fold: int) -> bool:
     return (target / "oof.parquet").is_file() and (target / "files.json").is_file()
 
 
-def check_fold(model_dir: Path, fold: int) -> bool:
-    """True when the fold is done and its files match their seal; a damaged fold is moved to models/.corrupt/
-    (kept for inspection, never loaded) so that it is trained again."""
+def check_fold(model_dir: Path, fold: int, cfg: MemberConfig | None = None) -> bool:
+    """True when the fold is done and its files match their seal (and, given the member's config, the files it
+    shares with the other folds match the fold's record); a damaged fold is moved to models/.corrupt/ (kept for
+    inspection, never loaded) so that it is trained again."""
     target = fold_dir(model_dir, fold)
     if not target.exists():
         return False
     problems = verify_folder(target) if (target / "oof.parquet").is_file() else [f"{target} has no oof.parquet"]
+    if not problems and cfg is not None:
+        problems = build_member(cfg).check_shared(target)
     if not problems:
         return True
     if not dist.is_main():  # the main process sets it aside; helpers just see it as not done
@@ -312,7 +315,7 @@ def member_is_complete(cfg: MemberConfig, prep: Prepared) -> bool:
     manifest = read_manifest(model_dir)
     if manifest is None or stale_reasons(model_dir, **expected_hashes(cfg, prep)):
         return False
-    folds_ok = [check_fold(model_dir, k) for k in range(prep.n_folds)]
+    folds_ok = [check_fold(model_dir, k, cfg) for k in range(prep.n_folds)]
     if not all(folds_ok) or "content_hash" not in manifest:
         return False
     digests = [folder_digest(fold_dir(model_dir, k)) for k in range(prep.n_folds)]
@@ -364,7 +367,8 @@ class SavedMember:
                                        "manifest); finish training it (fb3stack train / run)")
         n_folds = len(manifest.get("fold_digests") or [])
         dirs = [fold_dir(self.model_dir, k) for k in range(n_folds)]
-        problems = [p for d in dirs for p in verify_folder(d, may_be_absent=PREDICT_UNUSED)]
+        member = build_member(self.config)
+        problems = [p for d in dirs for p in verify_folder(d, may_be_absent=PREDICT_UNUSED) + member.check_shared(d)]
         if problems:
             raise CorruptArtefactError(f"{self.model_dir.name}: damaged model files, not loaded: "
                                        + "; ".join(problems[:5]) + ". Retrain it (fb3stack train / run).")

@@ -2,7 +2,8 @@
 
     DIR/bundle.json        what is inside (with each member's content hash), and the backbone specs rewritten to
                            bundled folders
-    DIR/models/<member>/   config.yaml + every fold's model files (checkpoints, tokenizers, sklearn/LightGBM)
+    DIR/models/<member>/   config.yaml + every fold's model files (checkpoints, tokenizers, sklearn/LightGBM), and
+                           what the folds share (a transformer's frozen layers, once: shared/)
     DIR/blend/             the fitted blend (spec.json, saved stacker)
     DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM for embed-svr)
     DIR/wheels/            the fb3stack wheel and the wheels a Kaggle image lacks
@@ -29,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from fb3stack import __version__
-from fb3stack.base.runner import SavedMember
+from fb3stack.base.runner import SavedMember, build_member
 from fb3stack.config import to_dict
 from fb3stack.io import atomic_dir, write_json, write_text
 from fb3stack.submit.predict import PredictSources, check_blend, load_member
@@ -100,9 +101,15 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
                 if (saved.model_dir / item).is_file():
                     dest.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(saved.model_dir / item, dest / item)
+            member = build_member(saved.config)
             for fold in saved.fold_dirs:
                 shutil.copytree(fold, dest / fold.name, ignore=lambda _d, names: [n for n in names
                                                                                    if n in PREDICT_UNUSED])
+                for path in member.shared_files(fold):  # e.g. frozen layers, stored once for all folds
+                    target = Path(os.path.normpath(dest / fold.name / os.path.relpath(path, fold)))
+                    if not target.exists():
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(path, target)
             for spec, folder in backbone_folders(to_dict(saved.config)).items():
                 rel = f"backbones/{_slug(spec)}"
                 if not (tmp / rel).exists():

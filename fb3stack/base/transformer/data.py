@@ -172,3 +172,34 @@ def make_loader(ids: list[np.ndarray], targets: np.ndarray | None, batch_size: i
 def loader_order(loader: DataLoader) -> np.ndarray:
     """Row indices in the order an unshuffled loader yields them."""
     return np.concatenate(loader.batch_sampler.batches())
+
+
+class TokenBudgetSampler(Sampler[list[int]]):
+    """Prediction batches by a token budget: rows sorted longest first, each batch as many rows as fit in
+    `max_tokens` padded tokens (rows x its longest row; at least one row). Short essays then fill large batches
+    instead of leaving the GPU idle in small ones; the peak stays that of the budget."""
+
+    def __init__(self, lengths: list[int], max_tokens: int) -> None:
+        self.lengths, self.max_tokens = np.asarray(lengths), max_tokens
+
+    def batches(self) -> list[list[int]]:
+        out: list[list[int]] = []
+        for i in np.argsort(-self.lengths, kind="stable").tolist():
+            # sorted longest first: a batch's first row is its longest, so its padded size is rows x that length
+            if out and (len(out[-1]) + 1) * self.lengths[out[-1][0]] <= self.max_tokens:
+                out[-1].append(i)
+            else:
+                out.append([i])
+        return out
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches())
+
+    def __len__(self) -> int:
+        return len(self.batches())
+
+
+def make_token_loader(ids: list[np.ndarray], max_tokens: int, pad_id: int) -> DataLoader:
+    """An unshuffled prediction loader batched by `max_tokens` (TokenBudgetSampler); `loader_order` maps it back."""
+    return DataLoader(EssayDataset(ids), batch_sampler=TokenBudgetSampler([len(x) for x in ids], max_tokens),
+                      collate_fn=Collator(pad_id))

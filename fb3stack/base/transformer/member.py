@@ -2,7 +2,9 @@
 
 A fold folder holds everything inference needs, so an offline bundle can copy it anywhere:
 
-    fold<k>/model.safetensors   backbone + pooler + head weights of the best evaluation
+    fold<k>/model.safetensors   backbone + pooler + head weights of the best evaluation, fp16 by default
+    fold<k>/frozen.json         with frozen layers: where the frozen part is stored once for all folds
+                                (<member>/shared/frozen-<sha16>.safetensors) and its sha256 (checkpoint.py)
     fold<k>/backbone/           the backbone's config.json (architecture; no pretrained weights needed)
     fold<k>/tokenizer/          the tokenizer files (with the paragraph marker, if one was added)
     fold<k>/preprocess.json     how essays were turned into tokens (max_len, truncation, newline marker):
@@ -19,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import load_model
 from transformers import AutoModel
 
 from fb3stack import dist
@@ -35,8 +36,10 @@ from fb3stack.base.transformer.backbone import (
     prepare_backbone,
     resolve_backbone,
 )
+from fb3stack.base.transformer.checkpoint import SHARED_DIR, CheckpointWriter, check_shared, load_checkpoint
+from fb3stack.base.transformer.checkpoint import shared_files as checkpoint_shared_files
 from fb3stack.base.transformer.config import TransformerConfig
-from fb3stack.base.transformer.data import TokenCache, make_loader
+from fb3stack.base.transformer.data import TokenCache, make_loader, make_token_loader
 from fb3stack.base.transformer.ddp import shard_rows, shard_train_loader
 from fb3stack.base.transformer.engine import Engine, pick_amp, pick_device
 from fb3stack.base.transformer.losses import make_loss
@@ -50,9 +53,13 @@ from fb3stack.workspace import Workspace
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT = "model.safetensors"
 PREPROCESS = "preprocess.json"
 PREP_KEYS = ("max_len", "truncation", "head_ratio", "newline_token")
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """The autocast dtype as the log and describe() say it."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(amp_dtype, "fp32")
 
 
 def seed_everything(seed: int) -> None:
@@ -113,15 +120,19 @@ class TransformerMember(Member):
         model.backbone.config.save_pretrained(fold_dir / "backbone")
         tokenizer.save_pretrained(fold_dir / "tokenizer")
         write_json(fold_dir / PREPROCESS, {k: getattr(cfg, k) for k in PREP_KEYS})
+        # the frozen part goes to the member's folder, beside the fold folders (a data-parallel helper's scratch
+        # fold is thrown away: it keeps everything inside)
+        shared = fold_dir.parent / SHARED_DIR if dist.is_main() else None
+        checkpoint = CheckpointWriter(fold_dir, cfg.checkpoint_dtype, shared)
         trainer = Trainer(cfg, engine, make_loss(cfg), make_adversary(cfg.adversarial, engine.model, cfg),
-                          fold_dir / CHECKPOINT, desc=f"{cfg.name} fold {fold}")
+                          checkpoint, desc=f"{cfg.name} fold {fold}")
         out = trainer.fit(train_loader, valid_loader, valid[list(TARGETS)].to_numpy(np.float64),
                           rows if dist.is_distributed() else None)
         info = {"best_step": out.best_step, "steps": out.steps, "stopped_early": out.stopped_early,
                 "best_valid_mcrmse": out.best_score, "last_valid_mcrmse": out.last_score, "n_evals": out.n_evals,
                 "oof_checkpoint": cfg.oof_checkpoint, "skipped_steps": out.skipped_steps,
                 "train_seconds": round(time.perf_counter() - t0, 1), "device": str(engine.device),
-                "amp": str(engine.amp_dtype)}
+                "amp": str(engine.amp_dtype), "checkpoint_dtype": cfg.checkpoint_dtype}
         return FoldResult(out.preds, out.embeddings, out.history, info, alt_preds=out.alt_preds)
 
     def describe(self) -> dict:
@@ -136,7 +147,7 @@ class TransformerMember(Member):
         try:
             device = pick_device(cfg.device)
             amp = pick_amp(cfg.amp, device)
-            here = f"{str(amp).replace('torch.', '') if amp else 'fp32'} on {device.type}"
+            here = f"{precision_name(amp)} on {device.type}"
         except RuntimeError as err:
             here = str(err)
         return {"name": cfg.name, "kind": cfg.kind, "backbone": cfg.backbone,
@@ -147,12 +158,19 @@ class TransformerMember(Member):
                 "adversarial": cfg.adversarial, "amp": cfg.amp, "here": here}
 
     def load_fold(self, fold_dir: Path) -> tuple[FB3Model, object]:
-        """The kept checkpoint of a fold (float32), built from the fold folder alone (offline)."""
+        """The kept checkpoint of a fold, widened to float32, built from the fold folder (and the member's shared
+        frozen part) alone, offline."""
         fold_dir = Path(fold_dir)
         backbone = load_backbone(self.config, fold_dir / "backbone", pretrained=False)
         model = FB3Model(backbone, self.config)
-        load_model(model, str(fold_dir / CHECKPOINT))
+        load_checkpoint(model, fold_dir)
         return model, load_tokenizer(fold_dir / "tokenizer")
+
+    def shared_files(self, fold_dir: Path) -> list[Path]:
+        return checkpoint_shared_files(fold_dir)
+
+    def check_shared(self, fold_dir: Path) -> list[str]:
+        return check_shared(fold_dir)
 
     def fold_preprocess(self, fold_dir: Path) -> dict:
         """How the fold prepared its text; folds written before preprocess.json existed used the plain rule."""
@@ -164,9 +182,22 @@ class TransformerMember(Member):
         self._setup()
         model, tokenizer = self.load_fold(fold_dir)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        loader = make_loader(self._tokens(tokenizer, df[TEXT_COL].tolist(), self.fold_preprocess(fold_dir)), None,
-                             self.config.eval_batch_size, False, pad)
-        return predict(Engine(model, self.config.device, self.config.amp), loader)
+        prep = self.fold_preprocess(fold_dir)
+        tokens = self._tokens(tokenizer, df[TEXT_COL].tolist(), prep)
+        engine = Engine(model, self.config.device, self.config.amp)
+        budget = self.token_budget(pick_device(self.config.device), prep["max_len"])
+        loader = (make_token_loader(tokens, budget, pad) if budget
+                  else make_loader(tokens, None, self.config.eval_batch_size, False, pad))
+        logger.info("%s: predicting %d essays on %s, autocast %s, %s", Path(fold_dir).name, len(df), engine.device,
+                    precision_name(engine.amp_dtype), f"batches of <= {budget} tokens" if budget
+                    else f"batches of {self.config.eval_batch_size}")
+        return predict(engine, loader)
+
+    def token_budget(self, device: torch.device, max_len: int) -> int:
+        """Tokens per prediction batch (0: fixed batches of eval_batch_size); see TransformerConfig.eval_tokens."""
+        if self.config.eval_tokens is not None:
+            return self.config.eval_tokens
+        return self.config.eval_batch_size * max_len if device.type == "cuda" else 0
 
     def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
         return self.predict_fold_with_embeddings(df, fold_dir)[0]

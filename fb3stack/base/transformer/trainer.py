@@ -8,16 +8,15 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from safetensors.torch import save_model
 from torch.utils.data import DataLoader
 
 from fb3stack.base.transformer import tracking
 from fb3stack.base.transformer.adversarial import AWP, FGM
+from fb3stack.base.transformer.checkpoint import CheckpointWriter
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.data import loader_order
 from fb3stack.base.transformer.ddp import gather_rows
@@ -92,7 +91,7 @@ def eval_steps(cfg: TransformerConfig, steps_per_epoch: int) -> set[int]:
 
 class Trainer:
     def __init__(self, cfg: TransformerConfig, engine: Engine, loss_fn: LossFn, adversary: FGM | AWP | None,
-                 checkpoint: Path, desc: str = "") -> None:
+                 checkpoint: CheckpointWriter, desc: str = "") -> None:
         self.cfg, self.engine, self.loss_fn, self.adversary = cfg, engine, loss_fn, adversary
         self.checkpoint, self.desc = checkpoint, desc
 
@@ -157,7 +156,7 @@ class Trainer:
         tracking.finish(engine.accelerator)
         if cfg.oof_checkpoint == "last":
             # the fold keeps what training ended with: its OOF was not chosen by looking at the fold's labels
-            save_model(engine.unwrapped, str(self.checkpoint))
+            self.checkpoint.save(engine.unwrapped)
             preds, emb = self.last_preds, self.last_emb
         else:
             preds, emb = self.best_preds, self.best_emb
@@ -181,7 +180,7 @@ class Trainer:
         if improved:
             self.best, self.best_step, self.best_preds, self.best_emb, self.bad_evals = score, step, preds, emb, 0
             if self.cfg.oof_checkpoint == "best":
-                save_model(self.engine.unwrapped, str(self.checkpoint))
+                self.checkpoint.save(self.engine.unwrapped)
         else:
             self.bad_evals += 1
         self.rows.append({"step": step, "epoch": round(epoch, 3), "train_loss": run_loss.item() / max(run_n, 1),
