@@ -99,12 +99,13 @@ class TransformerMember(Member):
         if cfg.init_bias_to_mean:
             model.set_bias(torch.from_numpy(y_train.mean(0)))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        shapes = dict(pad_to_multiple_of=cfg.pad_to_multiple_of, max_len=cfg.max_len)
         train_loader = make_loader(self._tokens(tokenizer, train[TEXT_COL].tolist()), y_train, cfg.batch_size,
-                                   True, pad, cfg.seed + fold, cfg.bucket_batches)
+                                   True, pad, cfg.seed + fold, cfg.bucket_batches, **shapes)
         train_loader = shard_train_loader(train_loader)  # data parallel: this process's share of the batches
         rows = shard_rows(len(valid))
         valid_tokens = self._tokens(tokenizer, valid[TEXT_COL].tolist())
-        valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad)
+        valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad, **shapes)
         engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm, log_with(cfg.tracking),
                         fold_dir)
         optimizer = make_optimizer(engine.model, cfg)
@@ -164,8 +165,9 @@ class TransformerMember(Member):
         self._setup()
         model, tokenizer = self.load_fold(fold_dir)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        loader = make_loader(self._tokens(tokenizer, df[TEXT_COL].tolist(), self.fold_preprocess(fold_dir)), None,
-                             self.config.eval_batch_size, False, pad)
+        prep = self.fold_preprocess(fold_dir)
+        loader = make_loader(self._tokens(tokenizer, df[TEXT_COL].tolist(), prep), None, self.config.eval_batch_size,
+                             False, pad, pad_to_multiple_of=self.config.pad_to_multiple_of, max_len=prep["max_len"])
         return predict(Engine(model, self.config.device, self.config.amp), loader)
 
     def predict_fold(self, df: pd.DataFrame, fold_dir: Path) -> np.ndarray:
