@@ -76,10 +76,21 @@ def test_shape_and_compile_settings_are_checked_and_execution_only() -> None:
     assert to_dict(cfg, results_only=True) == to_dict(from_dict(TransformerConfig, base), results_only=True)
 
 
+@pytest.fixture(autouse=True)
+def _keep_threads():
+    """The fits below run on one thread (a tiny model on 2 busy cores runs ~10x faster so); restored after."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 def _fit(tiny, train_df, tmp_path, name: str, **overrides):
     df = train_df.iloc[:40]
+    # dropout off: inductor draws its own dropout masks (same distribution, other numbers), so with dropout a
+    # compiled run differs from eager as another seed does; regression fine-tunes run without dropout
     cfg = tiny_config(tiny, epochs=2, batch_size=8, max_len=64, eval_every=2, gradient_checkpointing=True,
-                      adversarial="fgm", adv_start_epoch=0, fgm_eps=0.5, **overrides)
+                      adversarial="fgm", adv_start_epoch=0, fgm_eps=0.5, num_threads=1, hidden_dropout=0.0,
+                      attention_dropout=0.0, head_dropout=0.0, **overrides)
     out = tmp_path / name
     out.mkdir()
     res = TransformerMember(cfg).fit_fold(df.iloc[:32], df.iloc[32:], 0, out)
@@ -92,14 +103,15 @@ def _assert_same_training(eager, other, rtol: float) -> None:
     np.testing.assert_allclose(other.preds, eager.preds, atol=10 * rtol)
 
 
-def test_compiled_model_trains_like_eager_fast(train_df, tiny, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("how", ["layers", "model"])
+def test_compiled_model_trains_like_eager_fast(train_df, tiny, tmp_path, monkeypatch, how) -> None:
     """Dynamo's graph capture and AOT autograd (backend aot_eager: no code generation, seconds) through the whole
     fold: gradient checkpointing, FGM's second pass on perturbed embeddings, evaluations, static padded shapes,
     the kept checkpoint."""
     eager = _fit(tiny, train_df, tmp_path, "eager", pad_to_multiple_of=64)  # one width: one graph to trace
     torch._dynamo.reset()
     monkeypatch.setattr(model_mod, "compile_model", functools.partial(model_mod.compile_model, backend="aot_eager"))
-    compiled = _fit(tiny, train_df, tmp_path, "compiled", pad_to_multiple_of=64, compile="layers",
+    compiled = _fit(tiny, train_df, tmp_path, "compiled", pad_to_multiple_of=64, compile=how,
                     compile_dynamic=False)
     assert len(eager.history) >= 4 and eager.history["train_loss"].iloc[-1] != eager.history["train_loss"].iloc[0]
     _assert_same_training(eager, compiled, 1e-4)
@@ -110,20 +122,21 @@ def test_compiled_model_trains_like_eager_fast(train_df, tiny, tmp_path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["layers", "model"])
-def test_inductor_compile_trains_like_eager(train_df, tiny, tmp_path, how) -> None:
-    """The real compiler (inductor, C++ code on CPU): same losses, scores and predictions as eager."""
-    eager = _fit(tiny, train_df, tmp_path, "eager", pad_to_multiple_of=16)
+def test_inductor_compile_trains_like_eager(train_df, tiny, tmp_path) -> None:
+    """The real compiler (inductor, C++ code on CPU; ~13 min on 2 busy cores): same losses, scores and
+    predictions as eager (measured: predictions within 2.4e-7, losses equal)."""
+    eager = _fit(tiny, train_df, tmp_path, "eager", pad_to_multiple_of=64)
     torch._dynamo.reset()
-    compiled = _fit(tiny, train_df, tmp_path, how, pad_to_multiple_of=16, compile=how, compile_dynamic=False)
+    compiled = _fit(tiny, train_df, tmp_path, "layers", pad_to_multiple_of=64, compile="layers",
+                    compile_dynamic=False)
     _assert_same_training(eager, compiled, 1e-4)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not cpu_has_native_bf16(), reason="CPU bf16 autocast needs native bf16")
 def test_inductor_compile_under_bf16_autocast(train_df, tiny, tmp_path) -> None:
-    eager = _fit(tiny, train_df, tmp_path, "eager", pad_to_multiple_of=16, amp="bf16")
+    eager = _fit(tiny, train_df, tmp_path, "eager", pad_to_multiple_of=64, amp="bf16")
     torch._dynamo.reset()
-    compiled = _fit(tiny, train_df, tmp_path, "compiled", pad_to_multiple_of=16, amp="bf16", compile="layers",
+    compiled = _fit(tiny, train_df, tmp_path, "compiled", pad_to_multiple_of=64, amp="bf16", compile="layers",
                     compile_dynamic=False)
     _assert_same_training(eager, compiled, 3e-2)  # bf16: the compiler fuses and rounds differently
