@@ -142,7 +142,7 @@ def run_precision_case(label: str, source: str, max_len: int, texts: list[str], 
     over the same batches first; its compile seconds are reported separately."""
     import torch._dynamo
 
-    base = bench_config(source, max_len, eval_every=1, log_every=1)
+    base = bench_config(source, max_len, eval_every=1)
     tokenizer = load_tokenizer(source)
     torch.manual_seed(0)
     model = FB3Model(load_backbone(base, source), base)
@@ -150,7 +150,7 @@ def run_precision_case(label: str, source: str, max_len: int, texts: list[str], 
     lengths = [len(x) for x in TokenCache(tokenizer, max_len).encode(texts)]
     bb = model.backbone.config
     flops = encoder_flops(model, lengths, bb.num_hidden_layers, bb.hidden_size, True)
-    cfgs = {v: bench_config(source, max_len, eval_every=1, log_every=1, **PRECISIONS[v]) for v in variants}
+    cfgs = {v: bench_config(source, max_len, eval_every=1, **PRECISIONS[v]) for v in variants}
     # the compiled module (nn.Module.compile in FB3Model) is built once per variant; copies of the start weights
     models = {v: FB3Model(load_backbone(cfgs[v], source), cfgs[v]) for v in variants}
     compile_s = {}
