@@ -73,11 +73,15 @@ def run_jobs(cmds: list[list[str]], env: dict[str, str], deadline: float, logs: 
             time.sleep(0.5)
     finally:
         for proc in running.values():  # past the deadline: the job and anything it started
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=15)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=15)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         on_start([])
         for fh in handles:
             fh.close()

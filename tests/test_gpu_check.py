@@ -181,3 +181,21 @@ def test_carried_wheels_are_unpacked_when_pip_did_not_install_them(tmp_path: Pat
     assert importlib.import_module("fb3_fake_pkg").ANSWER == 42
     assert os.environ["PYTHONPATH"].startswith(str(tmp_path / "site"))  # the training subprocess finds it too
     sys.modules.pop("fb3_fake_pkg", None)
+
+
+def test_part5_jobs_run_side_by_side_and_stop_at_the_deadline(tmp_path: Path) -> None:
+    import time
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from gpu_check_accuracy import run_jobs
+
+    quick = [sys.executable, "-c", "print('done')"]
+    slow = [sys.executable, "-c", "import time; time.sleep(120)"]
+    logs = [tmp_path / f"{i}.log" for i in range(3)]
+    seen: list[int] = []
+    t0 = time.perf_counter()
+    rcs = run_jobs([quick, quick, slow], dict(os.environ), time.perf_counter() + 20, logs, 3,
+                   lambda procs: seen.append(len(procs)))
+    assert rcs[:2] == [0, 0] and rcs[2] is None  # the job still running at the deadline was stopped
+    assert time.perf_counter() - t0 < 60 and max(seen) == 3 and seen[-1] == 0
+    assert logs[0].read_text().strip() == "done"
