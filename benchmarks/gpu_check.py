@@ -12,10 +12,13 @@ A CPU smoke run of every part (toy models, a few steps; the test suite runs it):
 Parts, in order, each guarded (an error is recorded with its traceback and the next part runs), all within
 one time budget (--budget, default 450 s) that each part shares and shrinks its steps to fit:
   1 machine facts and the bf16/fp16/tf32/fp32 matmul peaks of this run
-  2 deberta-v3-base/large architectures training on real essays at 512 and 1024 (tokens/s, memory, MFU)
-  3 the same with the flashdeberta and disentangled-flash attention kernels, checked against eager
+  2 deberta-v3-base (batch 8/32/16) and -large (4/16/8) training at 1024 on real essays, batches padded to a
+    multiple of 64: eager, torch.compile (compile: layers), flashdeberta, disentangled-flash; each warmed over
+    every batch shape it will see (compile time reported apart), then >= 50 timed steps; tokens/s, MFU, memory,
+    losses against eager's on the same batches
   4 the fp16 + GradScaler path (what a T4 runs): skipped steps, loss falls
-  5 real accuracy: the fp16 MiniLM checkpoint fine-tuned by `fb3stack train` on the shared 5 folds
+  5 configs/models/minilm-finetune.yaml as configured (read at run time), fine-tuned by `fb3stack train` on the
+    shared 5 folds with two seeds, the 10 (seed, fold) jobs side by side on the GPU
   6 inference tokens/s of those fine-tuned folds through the predict path
 Writes OUTDIR/gpu_check.csv (one row per measurement) and OUTDIR/gpu_check.md; big files stay in --work.
 """
@@ -53,13 +56,16 @@ import gpu_check_prepare as prepare_mod  # noqa: E402
 
 # share of the time budget per part; what a part leaves unused goes to the later ones in proportion
 # sized from the H100 run of 2026-11-26 (parts took 13, 84, 103, 29, 176+, 11 s; part 5 needs ~210 s for 5 folds)
-SHARES = {"1": 0.03, "2": 0.19, "3": 0.15, "4": 0.07, "5": 0.51, "6": 0.05}
-TITLES = {"1": "machine facts and matmul peaks", "2": "DeBERTa-v3 architectures, eager attention",
-          "3": "DeBERTa attention kernels vs eager", "4": "fp16 + GradScaler (T4 path)",
-          "5": "MiniLM fp16 checkpoint fine-tuned by fb3stack train (5 folds)", "6": "inference of the folds"}
+# sized from the H100 run of 2026-11-26 (part 5 then took 198 s for 5 folds of one seed, one after another; it now
+# runs its 10 (seed, fold) jobs side by side) and the matrix of part 2 (docs/gpu.md)
+SHARES = {"1": 0.03, "2": 0.37, "4": 0.04, "5": 0.52, "6": 0.04}
+TITLES = {"1": "machine facts and matmul peaks",
+          "2": "DeBERTa-v3 training speed: eager vs torch.compile vs the fused attention kernels",
+          "4": "fp16 + GradScaler (T4 path)",
+          "5": "minilm-finetune.yaml as configured, fb3stack train, 5 folds x 2 seeds", "6": "inference of the folds"}
 COLUMNS = ["part", "model", "max_len", "precision", "checkpointing", "attention", "batch_size", "steps",
            "tokens_per_s", "peak_mem_gb", "tflops", "mfu", "sec_per_5fold_epoch", "loss_first", "loss_last",
-           "skipped_steps", "oof_mcrmse", "wall_s", "status", "note"]
+           "skipped_steps", "warmup_s", "shapes", "loss_rel_diff", "oof_mcrmse", "wall_s", "status", "note"]
 
 
 class Budget:
@@ -88,6 +94,7 @@ class Ctx:
     quick: bool
     budget: Budget
     manifest: dict
+    compile_dynamic: bool | None = None  # part 2's compile runs: None = torch's automatic dynamic shapes
     unpacked: list[str] = field(default_factory=list)
     facts: dict = field(default_factory=dict)
     peaks: dict[str, float] = field(default_factory=dict)  # precision -> measured matmul FLOP/s
@@ -96,7 +103,7 @@ class Ctx:
     part_seconds: dict[str, float] = field(default_factory=dict)
     finetuned: Path | None = None  # part 5's model folder, for part 6
     current: str = ""  # the part running now
-    child: object = None  # part 5's training process while it runs
+    children: list = field(default_factory=list)  # part 5's training processes while they run
     _essays: object = None
     _train: object = None
 
@@ -285,20 +292,29 @@ def part_machine(ctx: Ctx, deadline: float) -> None:
 # ------------------------------------------------------------------------------------------- parts 2-4
 
 
+# the matrix of part 2, most telling first (the budget may end it early): (model, max_len, batch) groups, each run
+# with eager attention first (the reference), then torch.compile and the two fused kernels on the same batches
+GROUPS = [("deberta-v3-base", 1024, 8), ("deberta-v3-base", 1024, 32), ("deberta-v3-large", 1024, 4),
+          ("deberta-v3-large", 1024, 16), ("deberta-v3-base", 1024, 16), ("deberta-v3-large", 1024, 8)]
+QUICK_GROUPS = [("deberta-v3-base", 64, 4), ("deberta-v3-large", 128, 2)]
+IMPLS = ("eager", "compile", "flashdeberta", "disentangled-flash")
+WEIGHTS = {"eager": 1.0, "compile": 3.0, "flashdeberta": 1.5, "disentangled-flash": 1.5}  # shares of the time
+PAD = 64  # pad_to_multiple_of of every run: a bounded set of shapes to warm (benchmarks/bench_padding.py)
+TIMED_STEPS, WARMUP_STEPS = 60, 3
+
+
 def speed_specs(ctx: Ctx) -> list:
+    """One Spec per (group, attention implementation), in the order they run."""
     from gpu_check_train import Spec
 
-    b, lg = "deberta-v3-base", "deberta-v3-large"
-    if ctx.quick:
-        amp = "bf16" if ctx.cuda else "none"
-        return [Spec(b, 64, False, amp), Spec(lg, 128, True, amp)]
-    return [Spec(b, 512, False), Spec(b, 1024, False), Spec(lg, 512, False), Spec(lg, 1024, True),
-            Spec(lg, 1024, False)]  # the last may not fit in memory: it goes last, and OOM is recorded
-
-
-def kernel_specs(ctx: Ctx) -> list:
-    specs = speed_specs(ctx)
-    return [specs[0], specs[1] if ctx.quick else specs[3]]  # base 512, large 1024 with checkpointing
+    out = []
+    for model, max_len, batch in (QUICK_GROUPS if ctx.quick else GROUPS):
+        for impl in IMPLS:
+            out.append(Spec(model, max_len, False, "bf16" if ctx.cuda or not ctx.quick else "none",
+                            attention="eager" if impl == "compile" else impl, batch_size=batch,
+                            compile="layers" if impl == "compile" else "none", pad=PAD,
+                            compile_dynamic=ctx.compile_dynamic))
+    return out
 
 
 def steps_for(ctx: Ctx, steps: int) -> tuple[int, int]:
@@ -373,163 +389,111 @@ def speed_run(ctx: Ctx, part: str, spec: object, deadline: float, steps: int, bi
     return ctx.add(**row)
 
 
-def part_deberta(ctx: Ctx, deadline: float) -> None:
-    specs = speed_specs(ctx)
-    for i, spec in enumerate(specs):
-        now = time.perf_counter()
-        ctx.log(f"part 2: {spec.label}")
-        end = now + (deadline - now) / (len(specs) - i)
-        # base at 1024: 200 steps, the first-contact measurement (bf16 here, fp16 in part 4)
-        steps = 200 if (spec.model, spec.max_len) == ("deberta-v3-base", 1024) else 100
-        guarded(ctx, "2", spec.label, functools.partial(speed_run, ctx, "2", spec, end, steps=steps),
-                spec_row(ctx, "2", spec))
+def impl_of(spec: object) -> str:
+    return "compile" if spec.compile != "none" else spec.attention
 
 
-@dataclass
-class EagerReference:
-    """What the kernels are compared with, computed once per configuration with eager attention."""
-
-    init: dict  # the starting state dict (on the CPU)
-    grads: dict  # first-batch gradients by parameter name (on the CPU, so they do not count in the kernels' memory)
-    losses: list[float]  # losses of the first optimiser steps
-    first: dict  # the first batch
-
-
-def eager_reference(ctx: Ctx, spec: object) -> EagerReference:
-    import math
-
+def matrix_run(ctx: Ctx, spec: object, deadline: float, refs: dict) -> dict:
+    """Build `spec`, warm it over every batch shape its timed steps will see (compiles happen here, timed
+    apart), then >= 50 timed optimiser steps on the same batches as its group's eager run. One row; OOM is a
+    result. The eager run of a group stores its start weights and losses in `refs` for the others."""
+    import torch
     from gpu_check_train import (
         LOSS_PARITY_STEPS,
-        batch_stream,
-        build,
-        first_batch_grads,
-        free_memory,
-        snapshot,
-        train_steps,
-    )
-
-    essays = ctx.essays()
-    n, _ = steps_for(ctx, 100)
-    model, cfg = build(spec, ctx.work / "arch", ctx.device, ctx.quick, essays.y.mean(0))
-    try:
-        first = next(batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed))
-        init = snapshot(model)
-        grads = {k: v.cpu() for k, v in first_batch_grads(model, cfg, first).items()}
-        ref = train_steps(model, cfg, batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed),
-                          min(LOSS_PARITY_STEPS, n), n, math.inf, 0)
-        return EagerReference(init, grads, ref.losses, first)
-    finally:
-        model = None
-        free_memory()
-
-
-def kernel_run(ctx: Ctx, impl: str, spec: object, deadline: float, ref: EagerReference) -> dict:
-    """`impl` from the eager reference's weights on the same batches: first-batch gradients and the first 10
-    losses against eager's, then `impl`'s tokens/s and memory. One row; OOM is a result."""
-    import dataclasses
-
-    import torch
-    from gpu_check_train import free_memory
-
-    row, t0 = spec_row(ctx, "3", dataclasses.replace(spec, attention=impl)), time.perf_counter()
-    try:
-        compare_kernel(ctx, impl, spec, deadline, row, ref)
-    except torch.cuda.OutOfMemoryError as err:
-        row.update(status="oom", note=str(err).splitlines()[0][:240])
-    finally:
-        free_memory()
-    row["wall_s"] = time.perf_counter() - t0
-    return ctx.add(**row)
-
-
-def compare_kernel(ctx: Ctx, impl: str, spec: object, deadline: float, row: dict, ref: EagerReference) -> None:
-    import dataclasses
-
-    import torch
-    from gpu_check_train import (
-        GRAD_TOL,
         LOSS_TOL,
         attention_label,
         batch_stream,
         build,
-        first_batch_grads,
-        grad_difference,
+        free_memory,
+        snapshot,
         train_steps,
-        warm_up_shapes,
+        warm_up_exact,
     )
 
+    impl, key = impl_of(spec), (spec.model, spec.max_len, spec.batch_size)
+    row = {**spec_row(ctx, "2", spec), "attention": impl if impl != "compile" else
+           f"eager + compile ({spec.compile}, dynamic {spec.compile_dynamic})"}
+    t0, model = time.perf_counter(), None
     essays = ctx.essays()
-    n, warmup = steps_for(ctx, 100)
-    label = attention_label(impl, ctx.device)
-    reset_peak(ctx)
-    try:  # as `fb3stack train` does it: attention_impl in the config, applied by prepare_backbone
-        model, cfg = build(dataclasses.replace(spec, attention=impl), ctx.work / "arch", ctx.device, ctx.quick,
-                           None)
-    except (ImportError, RuntimeError) as err:
-        row.update(status="unavailable", note=str(err)[:400])
-        return
-    model.load_state_dict(ref.init)  # the eager run's starting weights (same parameter names)
-
-    def stream():  # noqa: ANN202 - the eager reference's batches
-        return batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed)
-
-    t_compile = time.perf_counter()
+    steps, warmup = (WARMUP_STEPS + 4, 1) if ctx.quick else (WARMUP_STEPS + TIMED_STEPS, WARMUP_STEPS)
     try:
-        shapes = warm_up_shapes(model, cfg, stream(), scan=20 if ctx.quick else 300)
-        g_kernel = first_batch_grads(model, cfg, ref.first)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except Exception as err:  # noqa: BLE001 - e.g. Triton cannot compile here (no C compiler, old driver)
-        row.update(status="kernel failed", note=f"{label}, first forward/backward: {type(err).__name__}: {err}"[:400])
-        return
-    t_compile = time.perf_counter() - t_compile
-    rel, cos, only = grad_difference(ref.grads, g_kernel)
-    del g_kernel
-    reset_peak(ctx)
-    res = train_steps(model, cfg, stream(), n, n, deadline, warmup)
-    fill_speed(ctx, row, res, spec.max_len)
-    m = min(len(ref.losses), len(res.losses))
-    loss_rel = max((abs(a - b) / abs(a) for a, b in zip(ref.losses[:m], res.losses[:m])), default=float("nan"))
-    same = loss_rel <= LOSS_TOL and rel <= GRAD_TOL and not only
-    row["status"] = "ok" if same else "mismatch"
-    row["note"] = (f"{label}; losses of steps 1-{m} vs eager: max rel diff {loss_rel:.1e} (tol {LOSS_TOL:g}); "
-                   f"first-batch gradient rel L2 diff {rel:.1e} (tol {GRAD_TOL:g}), cosine {cos:.5f}"
-                   + (f"; gradients only one side has: {only[:4]}" if only else "")
-                   + f"; warm-up over {shapes} batch shapes (Triton compiles) {t_compile:.1f} s"
-                   + f"; {res.timed_steps} timed steps")
-    eager = [r for r in ctx.rows if r["part"] == "2" and r["model"] == row["model"]
-             and r["max_len"] == row["max_len"] and r["checkpointing"] == row["checkpointing"]
-             and isinstance(r["tokens_per_s"], float) and r["tokens_per_s"] > 0]
-    if eager:
-        row["note"] += f"; x{row['tokens_per_s'] / eager[-1]['tokens_per_s']:.2f} eager tokens/s (part 2)"
+        reset_peak(ctx)
+        if impl != "eager" and key not in refs:
+            row.update(status="skipped", note="no eager reference for this group (it failed or did not run)")
+            return ctx.add(**row)
+        try:
+            model, cfg = build(spec, ctx.work / "arch", ctx.device, ctx.quick, essays.y.mean(0))
+        except (ImportError, RuntimeError) as err:
+            row.update(status="unavailable", note=f"{attention_label(impl, ctx.device)}: {err}"[:400])
+            return ctx.add(**row)
+        if impl == "eager":
+            refs[key] = {"init": snapshot(model)}
+        else:
+            model.load_state_dict(refs[key]["init"])  # the eager run's starting weights (same parameter names)
+        stream = batch_stream(essays, spec.max_len, cfg.batch_size, cfg.seed, pad=spec.pad)
+        batches = [next(stream) for _ in range(steps)]
+        try:
+            shapes, warm_s = warm_up_exact(model, cfg, batches)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - e.g. Triton or inductor cannot compile here
+            row.update(status="kernel failed", note=f"{attention_label(impl, ctx.device)}, warm-up: "
+                       f"{type(err).__name__}: {err}"[:400])
+            return ctx.add(**row)
+        reset_peak(ctx)
+        torch.manual_seed(cfg.seed)
+        res = train_steps(model, cfg, iter(batches), steps, steps, deadline, warmup, min_timed=steps - warmup)
+        fill_speed(ctx, row, res, spec.max_len)
+        row.update(warmup_s=warm_s, shapes=shapes)
+        note = (f"{attention_label(impl, ctx.device)}; {res.timed_steps} timed steps after {warmup} untimed, "
+                f"all {shapes} batch shapes (pad_to_multiple_of {spec.pad}) warmed first in {warm_s:.1f} s"
+                + (" (compile time)" if impl != "eager" else ""))
+        if impl == "eager":
+            refs[key]["losses"], refs[key]["tps"] = res.losses, res.tokens_per_s
+            row["status"] = "ok"
+        else:
+            ref = refs[key]["losses"]
+            m = min(len(ref), len(res.losses))
+            rel = [abs(a - b) / abs(a) for a, b in zip(ref[:m], res.losses[:m])]
+            first = max(rel[:LOSS_PARITY_STEPS], default=float("nan"))
+            row["loss_rel_diff"] = first
+            row["status"] = "ok" if first <= LOSS_TOL else "mismatch"
+            note += (f"; losses vs eager on the same batches: steps 1-{min(m, LOSS_PARITY_STEPS)} within "
+                     f"{first:.1e} rel (tol {LOSS_TOL:g}), all {m} within {max(rel, default=float('nan')):.1e}; "
+                     f"x{res.tokens_per_s / refs[key]['tps']:.2f} eager tokens/s")
+        row["note"] = note
+    except torch.cuda.OutOfMemoryError as err:
+        row.update(status="oom", note=str(err).splitlines()[0][:240],
+                   peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9)
+    finally:
+        model = None
+        free_memory()
+        if impl == "compile":
+            torch._dynamo.reset()  # the next group's shapes start from a clean cache
+    row["wall_s"] = time.perf_counter() - t0
+    return ctx.add(**row)
 
 
-IMPLS = ("flashdeberta", "disentangled-flash")
-
-
-def part_kernels(ctx: Ctx, deadline: float) -> None:
-    specs = kernel_specs(ctx)
+def part_speed(ctx: Ctx, deadline: float) -> None:
+    specs = speed_specs(ctx)
+    refs: dict = {}
     unavailable: dict[str, str] = {}
     for i, spec in enumerate(specs):
-        ctx.log(f"part 3: eager reference for {spec.label}")
-        row = {**spec_row(ctx, "3", spec), "attention": "eager reference"}
-        ref = guarded(ctx, "3", f"eager reference for {spec.label}", functools.partial(eager_reference, ctx, spec),
-                      row)
-        if ref is None:
+        impl, now = impl_of(spec), time.perf_counter()
+        row = spec_row(ctx, "2", spec)
+        if impl in unavailable:
+            ctx.add(**{**row, "attention": impl, "status": "unavailable", "note": unavailable[impl]})
             continue
-        for j, impl in enumerate(IMPLS):
-            if impl in unavailable:
-                ctx.add(**{**spec_row(ctx, "3", spec), "attention": impl, "status": "unavailable",
-                           "note": unavailable[impl]})
-                continue
-            now = time.perf_counter()
-            left = (len(specs) - i) * len(IMPLS) - j  # kernel runs still to do, this one included
-            ctx.log(f"part 3: {impl} on {spec.label}")
-            row = guarded(ctx, "3", f"{impl} on {spec.label}",
-                          functools.partial(kernel_run, ctx, impl, spec, now + (deadline - now) / left, ref),
-                          {**spec_row(ctx, "3", spec), "attention": impl})
-            if row is not None and row["status"] in ("unavailable", "kernel failed"):
-                unavailable[impl] = f"as on {spec.model} {spec.max_len}: {row['note']}"
+        weights = sum(WEIGHTS[impl_of(s)] for s in specs[i:] if impl_of(s) not in unavailable)
+        end = now + (deadline - now) * WEIGHTS[impl] / max(weights, 1e-9)
+        if deadline - now < 5:
+            ctx.add(**{**row, "attention": impl, "status": "not run (time budget)",
+                       "note": "the part's time was used up; run again with --parts 2 or a larger --budget"})
+            continue
+        ctx.log(f"part 2: {spec.label} (until {end - ctx.budget.t0:.0f} s)")
+        out = guarded(ctx, "2", spec.label, functools.partial(matrix_run, ctx, spec, end, refs), row)
+        if out is not None and impl != "eager" and out["status"] in ("unavailable", "kernel failed"):
+            unavailable[impl] = f"as on {spec.model} {spec.max_len} batch {spec.batch_size}: {out['note']}"
 
 
 def part_fp16(ctx: Ctx, deadline: float) -> None:
@@ -537,8 +501,8 @@ def part_fp16(ctx: Ctx, deadline: float) -> None:
     1024, batch 2, checkpointing) for its peak memory against a T4's 16 GB."""
     from gpu_check_train import Spec
 
-    specs = [(Spec("deberta-v3-base", 64 if ctx.quick else 1024, False, amp="fp16"), 200),
-             (Spec("deberta-v3-large", 128 if ctx.quick else 1024, True, amp="fp16", batch_size=2), 30)]
+    specs = [(Spec("deberta-v3-base", 64 if ctx.quick else 1024, False, amp="fp16"), 60),
+             (Spec("deberta-v3-large", 128 if ctx.quick else 1024, True, amp="fp16", batch_size=2), 20)]
     for i, (spec, steps) in enumerate(specs):
         now = time.perf_counter()
         end = now + (deadline - now) * (0.7 if i == 0 else 1.0)
@@ -601,8 +565,8 @@ def start_watchdog(ctx: Ctx, seconds: float) -> threading.Timer:
         print(f"watchdog: part {ctx.current} still running after {seconds:.0f} s; writing results and exiting",
               flush=True)
         try:
-            if ctx.child is not None:
-                os.killpg(ctx.child.pid, signal.SIGKILL)
+            for child in ctx.children:
+                os.killpg(child.pid, signal.SIGKILL)
             write_outputs(ctx)
         finally:
             os._exit(3)
@@ -646,7 +610,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=["cuda", "cpu"], help="default: cuda when available")
     p.add_argument("--quick", action="store_true", help="toy models, a few steps: checks the script, not speed")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for all parts together")
-    p.add_argument("--parts", default="1,2,3,4,5,6", help="comma-separated parts to run")
+    p.add_argument("--parts", default=",".join(SHARES), help="comma-separated parts to run")
+    p.add_argument("--compile-dynamic", choices=["auto", "true", "false"], default="auto",
+                   help="part 2's torch.compile runs: auto = torch's automatic dynamic shapes (few compiles), "
+                   "false = one graph per padded shape (more compiles), true = one dynamic graph")
     p.add_argument("--grace", type=float, default=100.0,
                    help="seconds past the budget before the watchdog stops a hung run (results so far are kept)")
     args = p.parse_args(argv)
@@ -668,20 +635,23 @@ def main(argv: list[str] | None = None) -> int:
     parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = set(parts) - set(SHARES)
     if unknown:
-        p.error(f"unknown parts {sorted(unknown)}; parts are 1-6")
+        p.error(f"unknown parts {sorted(unknown)}; parts are {sorted(SHARES)}")
+    if device == "cpu" and args.quick:
+        torch.set_num_threads(1)  # toy models: on busy shared cores one thread runs them ~10x faster than two
     work = args.work or Path(tempfile.mkdtemp(prefix="fb3stack-gpucheck-"))
     work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     manifest = prepare_mod.verify(args.dir)
     ctx = Ctx(prep=args.dir.resolve(), out=args.out, work=work.resolve(), device=device, quick=args.quick,
-              budget=Budget(args.budget, parts), manifest=manifest)
+              budget=Budget(args.budget, parts), manifest=manifest,
+              compile_dynamic={"auto": None, "true": True, "false": False}[args.compile_dynamic])
     ctx.unpacked = unpack_wheels(ctx.prep, ctx.work / "site")
     os.environ.setdefault("TRITON_CACHE_DIR", str(ctx.work / "triton-cache"))  # writable, whatever $HOME is
     ctx.log(f"gpu_check on {device}{' (quick)' if args.quick else ''}; work folder {ctx.work}; "
             f"wheels unpacked: {ctx.unpacked or 'none needed'}")
     from gpu_check_accuracy import part_finetune, part_inference
 
-    fns = {"1": part_machine, "2": part_deberta, "3": part_kernels, "4": part_fp16, "5": part_finetune,
+    fns = {"1": part_machine, "2": part_speed, "4": part_fp16, "5": part_finetune,
            "6": part_inference}
     if "1" not in parts:  # MFU needs the peaks of this run
         parts.insert(0, "1")

@@ -1,4 +1,4 @@
-"""Parts 2-4 of the GPU check: DeBERTa-v3 architectures training on real essays through fb3stack's own parts.
+"""Parts 2 and 4 of the GPU check: DeBERTa-v3 architectures training on real essays through fb3stack's own parts.
 
 The model is fb3stack's FB3Model around a DeBERTa-v3 backbone built from a config (random weights: no hub
 here), configured by configs/models/deberta-v3-{base,large}.yaml; the optimiser, schedule, loss and the
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ TINY = {"deberta-v3-base": dict(hidden_size=32, num_hidden_layers=2, num_attenti
                                  vocab_size=30522)}
 LOSS_PARITY_STEPS = 10
 LOSS_TOL = 2e-2  # relative, per step, bf16: two attention kernels round differently, errors grow with steps
-GRAD_TOL = 5e-2  # relative L2 of the whole first-batch gradient, bf16
 
 
 @dataclass
@@ -68,12 +66,16 @@ class Spec:
     amp: str = "bf16"
     attention: str = "eager"
     batch_size: int | None = None  # None: the model config's
+    compile: str = "none"  # the config's compile: none | layers | model
+    pad: int = 1  # pad_to_multiple_of
+    compile_dynamic: bool | None = None
 
     @property
     def label(self) -> str:
         batch = f" batch {self.batch_size}" if self.batch_size else ""
+        comp = f" compile={self.compile}" if self.compile != "none" else ""
         return (f"{self.model} {self.max_len} ckpt={'on' if self.checkpointing else 'off'} {self.amp} "
-                f"{self.attention}{batch}")
+                f"{self.attention}{comp}{batch}")
 
 
 @dataclass
@@ -116,7 +118,9 @@ def member_config(spec: Spec, backbone: Path, device: str, quick: bool) -> Membe
 
     overrides = [f"backbone={backbone}", f"max_len={spec.max_len}", f"device={device}", f"amp={spec.amp}",
                  f"gradient_checkpointing={str(spec.checkpointing).lower()}", "grad_accum=1",
-                 f"attention_impl={spec.attention}"]
+                 f"attention_impl={spec.attention}", f"compile={spec.compile}", f"pad_to_multiple_of={spec.pad}"]
+    if spec.compile_dynamic is not None:
+        overrides.append(f"compile_dynamic={str(spec.compile_dynamic).lower()}")
     if quick:
         overrides.append("batch_size=4")
     elif spec.batch_size:
@@ -130,6 +134,7 @@ def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray
     from transformers import DebertaV2Config
 
     from fb3stack.base.transformer import attention
+    from fb3stack.base.transformer import model as model_mod
     from fb3stack.base.transformer.backbone import load_backbone, prepare_backbone
     from fb3stack.base.transformer.known import KNOWN_CONFIGS
     from fb3stack.base.transformer.model import FB3Model
@@ -143,14 +148,17 @@ def build(spec: Spec, folder: Path, device: str, quick: bool, y_mean: np.ndarray
     # on a CPU the kernels cannot run; disentangled-flash's PyTorch backend makes the same swap at the same point
     # of prepare_backbone (before checkpointing and freezing)
     swap = device != "cuda" and spec.attention == "disentangled-flash"
-    public = attention.apply_attention_impl
+    public, compiler = attention.apply_attention_impl, model_mod.compile_model
     if swap:
         attention.apply_attention_impl = functools.partial(attention.enable, backend="torch")
+    if device != "cuda":
+        # a CPU smoke run checks the compile path (graph capture, AOT autograd), not inductor's C++ code (minutes)
+        model_mod.compile_model = functools.partial(compiler, backend="aot_eager")
     try:
         with torch.device(device):  # random init straight on the GPU: seconds instead of a minute for large
             model = FB3Model(prepare_backbone(load_backbone(cfg, source, pretrained=False), cfg), cfg)
     finally:
-        attention.apply_attention_impl = public
+        attention.apply_attention_impl, model_mod.compile_model = public, compiler
     if y_mean is not None:
         model.set_bias(torch.from_numpy(y_mean))
     return model, cfg
@@ -162,11 +170,13 @@ def attention_label(impl: str, device: str) -> str:
     return impl
 
 
-def batch_stream(essays: Essays, max_len: int, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+def batch_stream(essays: Essays, max_len: int, batch_size: int, seed: int, pad: int = 1
+                 ) -> Iterator[dict[str, torch.Tensor]]:
     """fb3stack's length-bucketed training batches, epoch after epoch; the same seed gives the same batches."""
     from fb3stack.base.transformer.data import make_loader
 
-    loader = make_loader(essays.at(max_len), essays.y, batch_size, True, 0, seed)
+    loader = make_loader(essays.at(max_len), essays.y, batch_size, True, 0, seed, pad_to_multiple_of=pad,
+                         max_len=max_len)
     epoch = 0
     while True:
         loader.batch_sampler.set_epoch(epoch)
@@ -228,48 +238,19 @@ def train_steps(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[dic
     return res
 
 
-def first_batch_grads(model: torch.nn.Module, cfg: MemberConfig, batch: dict) -> dict[str, torch.Tensor]:
-    """Gradients of one batch's loss (fb3stack's loss, the run's autocast), by parameter name, in fp32."""
+def warm_up_exact(model: torch.nn.Module, cfg: MemberConfig, batches: list[dict]) -> tuple[int, float]:
+    """One forward/backward (no optimiser step, gradients dropped) on one batch of every (rows, width) shape among
+    `batches`, so compiles and autotuning happen before the clock runs. (shapes, seconds)."""
     from fb3stack.base.transformer.engine import Engine
     from fb3stack.base.transformer.losses import make_loss
 
-    engine = Engine(model, cfg.device, cfg.amp)
-    model.train()
-    model.zero_grad(set_to_none=True)
-    b = engine.to_device(batch)
-    with engine.autocast():
-        preds, _ = model(b["input_ids"], b["attention_mask"])
-        loss = make_loss(cfg)(preds, b["labels"])
-    loss.backward()
-    grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return grads
-
-
-LENGTH_FAMILIES = (64, 128, 384, 512, 768, 1024, 2048)  # disentangled-flash compiles one kernel per family
-
-
-def shape_key(batch: dict[str, torch.Tensor], heads: int) -> tuple[int, bool, int]:
-    """What a Triton kernel may be compiled for: the length family of the padded width, whether the width is a
-    multiple of 16 (Triton specialises integer arguments on it), and the batch x heads occupancy class."""
-    rows, width = batch["input_ids"].shape
-    family = next((f for f in LENGTH_FAMILIES if width <= f), LENGTH_FAMILIES[-1])
-    occupancy = next((o for o in (8, 32) if rows * heads <= o), 64)
-    return family, width % 16 == 0, occupancy
-
-
-def warm_up_shapes(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[dict], scan: int = 300) -> int:
-    """Forward/backward (no optimiser step) on one batch of each kernel shape among the next `scan` batches, so
-    Triton compiles before the clock runs rather than in the timed steps. Returns the number of shapes."""
-    from fb3stack.base.transformer.engine import Engine
-    from fb3stack.base.transformer.losses import make_loss
-
-    heads = model.backbone.config.num_attention_heads
     seen: dict[tuple, dict] = {}
-    for _, batch in zip(range(scan), batches):
-        seen.setdefault(shape_key(batch, heads), batch)
+    for batch in batches:
+        seen.setdefault(tuple(batch["input_ids"].shape), batch)
     engine, loss_fn = Engine(model, cfg.device, cfg.amp), make_loss(cfg)
     model.train()
+    sync(cfg.device)
+    t0 = time.perf_counter()
     for batch in seen.values():
         b = engine.to_device(batch)
         with engine.autocast():
@@ -278,22 +259,7 @@ def warm_up_shapes(model: torch.nn.Module, cfg: MemberConfig, batches: Iterator[
         loss.backward()
     model.zero_grad(set_to_none=True)
     sync(cfg.device)
-    return len(seen)
-
-
-def grad_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, float, list[str]]:
-    """(relative L2 difference, cosine, names with a gradient in only one of them)."""
-    common = sorted(set(a) & set(b))
-    diff = na = nb = dot = 0.0
-    for k in common:  # one tensor at a time on b's device (a may wait on the CPU)
-        x, y = a[k].to(b[k].device).double(), b[k].double()
-        diff += float((x - y).pow(2).sum())
-        na += float(x.pow(2).sum())
-        nb += float(y.pow(2).sum())
-        dot += float((x * y).sum())
-    rel = math.sqrt(diff / na) if na > 0 else float("nan")
-    cos = dot / math.sqrt(na * nb) if na > 0 and nb > 0 else float("nan")
-    return rel, cos, sorted(set(a) ^ set(b))
+    return len(seen), time.perf_counter() - t0
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:

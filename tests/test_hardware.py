@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fb3stack import hardware
-from fb3stack.hardware import NATIVE_BF16_FLAGS, cpu_has_native_bf16, parse_cpuinfo_flags
+from fb3stack.hardware import NATIVE_BF16_FLAGS, cpu_has_amx, cpu_has_native_bf16, parse_cpuinfo_flags
 
 SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512dq avx512bw avx512vl avx512_vnni\n"
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16 avx512_vnni\n"
@@ -43,3 +43,13 @@ def test_torch_and_cpuinfo_agree_on_this_machine(uncached):
     if not from_torch or not from_proc:
         pytest.skip("needs torch.cpu.get_capabilities and /proc/cpuinfo")
     assert bool(NATIVE_BF16_FLAGS & from_torch) == bool(NATIVE_BF16_FLAGS & from_proc) == cpu_has_native_bf16()
+
+
+def test_amx_is_told_apart_from_avx512_bf16(monkeypatch):
+    from fb3stack import hardware
+
+    for flags, amx in (({"avx512_bf16", "avx512f"}, False), ({"avx512_bf16", "amx_bf16", "amx_tile"}, True)):
+        monkeypatch.setattr(hardware, "_torch_cpu_flags", lambda flags=flags: frozenset(flags))
+        cpu_has_amx.cache_clear()
+        assert cpu_has_amx() is amx
+    cpu_has_amx.cache_clear()

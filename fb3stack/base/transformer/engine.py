@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fb3stack.hardware import cpu_has_native_bf16, physical_cores
+from fb3stack.hardware import cpu_has_amx, cpu_has_native_bf16, physical_cores
 
 logger = logging.getLogger(__name__)
 
@@ -50,11 +50,18 @@ def _log_once(level: int, text: str) -> None:
 
 def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype: `auto` is bf16 where the GPU has it natively, fp16 (+ GradScaler) on older GPUs; None
-    (fp32) on CPU or when switched off.
+    (fp32) when switched off.
 
-    On CPU only an explicit `bf16` turns autocast on (fast on AMX / AVX512-BF16 cores): it changes the
-    numbers, so CPU runs stay fp32 unless asked.
+    On CPU `auto` is bf16 only with AMX tile units, where it was measured several times faster (docs/speed.md);
+    AVX512-BF16 without AMX trained only ~1.1x faster than fp32 (benchmarks/bench_transformer_speed.py
+    --precision), not worth bf16's rounding, so fp32 there and on every other CPU. An explicit `bf16` turns
+    autocast on wherever the CPU computes bf16 natively.
     """
+    if device.type == "cpu" and name == "auto":
+        if cpu_has_amx():
+            _log_once(logging.INFO, "amp auto -> bf16: this CPU has AMX bf16 units")
+            return torch.bfloat16
+        return None
     if device.type == "cpu" and name == "bf16":
         if cpu_has_native_bf16():
             return torch.bfloat16

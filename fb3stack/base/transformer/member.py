@@ -106,12 +106,13 @@ class TransformerMember(Member):
         if cfg.init_bias_to_mean:
             model.set_bias(torch.from_numpy(y_train.mean(0)))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        shapes = dict(pad_to_multiple_of=cfg.pad_to_multiple_of, max_len=cfg.max_len)
         train_loader = make_loader(self._tokens(tokenizer, train[TEXT_COL].tolist()), y_train, cfg.batch_size,
-                                   True, pad, cfg.seed + fold, cfg.bucket_batches)
+                                   True, pad, cfg.seed + fold, cfg.bucket_batches, **shapes)
         train_loader = shard_train_loader(train_loader)  # data parallel: this process's share of the batches
         rows = shard_rows(len(valid))
         valid_tokens = self._tokens(tokenizer, valid[TEXT_COL].tolist())
-        valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad)
+        valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad, **shapes)
         engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm, log_with(cfg.tracking),
                         fold_dir)
         optimizer = make_optimizer(engine.model, cfg)
@@ -187,7 +188,8 @@ class TransformerMember(Member):
         engine = Engine(model, self.config.device, self.config.amp)
         budget = self.token_budget(pick_device(self.config.device), prep["max_len"])
         loader = (make_token_loader(tokens, budget, pad) if budget
-                  else make_loader(tokens, None, self.config.eval_batch_size, False, pad))
+                  else make_loader(tokens, None, self.config.eval_batch_size, False, pad,
+                                   pad_to_multiple_of=self.config.pad_to_multiple_of, max_len=prep["max_len"]))
         logger.info("%s: predicting %d essays on %s, autocast %s, %s", Path(fold_dir).name, len(df), engine.device,
                     precision_name(engine.amp_dtype), f"batches of <= {budget} tokens" if budget
                     else f"batches of {self.config.eval_batch_size}")

@@ -1,13 +1,18 @@
-"""Backbone + pooler + linear head to the six traits, with optional multi-sample dropout."""
+"""Backbone + pooler + linear head to the six traits, with optional multi-sample dropout; torch.compile of it."""
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
 
+from fb3stack.base.transformer.backbone import encoder_layers
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.poolers import make_pooler
 from fb3stack.constants import TARGETS
+
+logger = logging.getLogger(__name__)
 
 
 class FB3Model(nn.Module):
@@ -20,6 +25,7 @@ class FB3Model(nn.Module):
         self.fc = nn.Linear(self.pooler.out_dim, len(TARGETS))
         nn.init.normal_(self.fc.weight, std=getattr(backbone.config, "initializer_range", 0.02))
         nn.init.zeros_(self.fc.bias)
+        compile_model(self, cfg.compile, cfg.compile_mode, cfg.compile_dynamic, shapes=expected_shapes(cfg))
 
     def set_bias(self, mean: torch.Tensor) -> None:
         with torch.no_grad():
@@ -40,3 +46,37 @@ class FB3Model(nn.Module):
         """(predictions (B, 6), pooled features (B, out_dim))."""
         pooled = self.pool(input_ids, attention_mask)
         return self.head(pooled), pooled
+
+
+def expected_shapes(cfg: TransformerConfig) -> int:
+    """About how many (batch, width) shapes a fold's loaders give: widths bounded by pad_to_multiple_of, each at
+    the full and the last, smaller batch size, in training and in evaluation (with and without gradients)."""
+    widths = -(-cfg.max_len // cfg.pad_to_multiple_of) if cfg.pad_to_multiple_of > 1 else cfg.max_len
+    return 4 * widths
+
+
+def compile_model(model: FB3Model, how: str, mode: str = "default", dynamic: bool | None = None,
+                  backend: str = "inductor", shapes: int = 0) -> None:
+    """torch.compile `model` in place: `layers` compiles each encoder block (identical blocks share one compiled
+    graph, so it compiles about as fast as one layer), `model` the whole forward. In place (nn.Module.compile):
+    parameter names, state dict and checkpoints stay the same, the adversaries perturb the same tensors, and
+    evaluation and training call the same module. Lazy: nothing compiles before the first forward."""
+    if how == "none":
+        return
+    if how not in ("layers", "model"):
+        raise ValueError(f"compile must be none, layers or model, got {how!r}")
+    import torch._dynamo.config as dynamo
+
+    # one graph per shape and grad/train mode: a limit below the shapes the loaders give would silently run the
+    # rest eager (dynamo's default limit is 8)
+    if dynamic is False and shapes:
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(dynamo, name):
+                setattr(dynamo, name, max(getattr(dynamo, name), shapes + 8))
+    kwargs = dict(mode=None if mode == "default" else mode, dynamic=dynamic, backend=backend)
+    if how == "model":
+        model.compile(**kwargs)
+    else:
+        for layer in encoder_layers(model.backbone):
+            layer.compile(**kwargs)
+    logger.info("torch.compile: %s, mode %s, dynamic %s, backend %s", how, mode, dynamic, backend)
