@@ -98,9 +98,9 @@ def _id_and_text_problems(df: pd.DataFrame, path: Path) -> list[DataError]:
         same = [int(r) + 1 for r in np.flatnonzero((ids == first).to_numpy())]
         problems.append(DataError(f"duplicate text_id '{first}' (rows {same})", file=path, row=same[-1],
                                   column=ID_COL, text_id=first))
-    if TEXT_COL in df.columns:
-        problems += [DataError("empty or missing essay text", file=path, row=int(i) + 1, column=TEXT_COL,
-                               text_id=ids.iloc[i]) for i in np.flatnonzero((df[TEXT_COL].str.strip() == "").to_numpy())]
+    blank = np.flatnonzero((df[TEXT_COL].str.strip() == "").to_numpy())
+    problems += [DataError("empty or missing essay text", file=path, row=int(i) + 1, column=TEXT_COL,
+                           text_id=ids.iloc[i]) for i in blank]
     return problems
 
 
@@ -127,7 +127,13 @@ def _score_problems(df: pd.DataFrame, path: Path, on_bad_score: str) -> list[Dat
                 else:
                     logger.warning("%s (kept because on_bad_score=warn)", err)
         df[col] = arr
-    return sorted(problems, key=lambda e: (e.row or 0, TARGETS.index(e.column) if e.column in TARGETS else -1))
+    return problems
+
+
+def _in_row_order(problems: list[DataError]) -> list[DataError]:
+    """As a user reads the file: by row, then column order (stable: ties keep their order)."""
+    order = {c: i for i, c in enumerate((ID_COL, TEXT_COL, *TARGETS))}
+    return sorted(problems, key=lambda e: (e.row or 0, order.get(e.column or "", -1)))
 
 
 def raise_first(problems: list[DataError]) -> None:
@@ -154,7 +160,8 @@ def check_train(path: str | os.PathLike, on_bad_score: Literal["error", "warn"] 
     problems = _missing_columns(df, (ID_COL, TEXT_COL, *TARGETS), path)
     if problems:
         return None, problems
-    problems = _no_rows(df, path, "essays") + _id_and_text_problems(df, path) + _score_problems(df, path, on_bad_score)
+    problems = _no_rows(df, path, "essays") + _in_row_order(_id_and_text_problems(df, path)
+                                                            + _score_problems(df, path, on_bad_score))
     df[ID_COL] = df[ID_COL].str.strip()
     return df[[ID_COL, TEXT_COL, *TARGETS]].reset_index(drop=True), problems
 
@@ -169,7 +176,7 @@ def check_test(path: str | os.PathLike) -> tuple[pd.DataFrame | None, list[DataE
     problems = _missing_columns(df, (ID_COL, TEXT_COL), path)
     if problems:
         return None, problems
-    problems = _no_rows(df, path, "essays to predict") + _id_and_text_problems(df, path)
+    problems = _no_rows(df, path, "essays to predict") + _in_row_order(_id_and_text_problems(df, path))
     df[ID_COL] = df[ID_COL].str.strip()
     return df[[ID_COL, TEXT_COL]].reset_index(drop=True), problems
 

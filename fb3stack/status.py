@@ -323,6 +323,10 @@ def collect(workspace: str | os.PathLike, cfg: RunConfig | None = None, data_dir
             if overrides:
                 raise  # the user's --set cannot be applied: refused, never ignored
             logger.warning("%s", err)
+    if overrides and cfg is not None:
+        from fb3stack.base.runner import resolve_members
+
+        resolve_members(cfg)  # a --set naming no member, or a bad value, is refused, not shown as a problem
     check = current_state(root, cfg, data_dir)
     members = member_status(root, check)
     disk = disk_use(root)

@@ -220,6 +220,8 @@ def ensure_folds(ws: Workspace, train: pd.DataFrame, cfg: FoldsConfig, force: bo
     """
     data_hash = data_fingerprint(train)
     file = resolve_path(cfg.file, base_dir) if cfg.file else None
+    if file is not None and not file.is_file():
+        raise DataError("folds file not found (folds.file / --from)", file=file)
     wanted = {"data_hash": data_hash, "n_folds": cfg.n_folds, "seed": cfg.seed,
               "source": str(file.resolve()) if file else None, "source_hash": sha256_file(file) if file else None}
     if ws.folds_path.exists() and ws.folds_meta_path.exists() and not force:

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from fb3stack.base.runner import resolve_members
-from fb3stack.blend.config import BlendConfig, default_methods, load_blend_config
-from fb3stack.blend.config import zoo_blend_config
+from fb3stack.blend.config import BlendConfig, default_methods, load_blend_config, zoo_blend_config
 from fb3stack.config import from_dict, load_run_config, to_dict
 
 ZOOS = sorted((Path(__file__).resolve().parents[1] / "configs" / "zoo").glob("cpu*.yaml"))

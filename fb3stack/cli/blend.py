@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fb3stack.blend.config import load_blend_config
 from fb3stack.blend.run import run_blend
 from fb3stack.cli.common import log_to_workspace, writing
-from fb3stack.config import load_run_config, load_yaml
+from fb3stack.config import config_dir, glob_paths, load_run_config, load_yaml
 from fb3stack.workspace import Workspace, load_training_data
 
 
@@ -26,6 +27,10 @@ def run(args: argparse.Namespace) -> int:
     labels = None
     if "blend" in load_yaml(args.config):  # a zoo YAML: read the labels with the zoo's data settings, as `run` does
         _, labels = load_training_data(load_run_config(args.config).data, args.data_dir)
+    if not Path(args.workspace).expanduser().is_dir():
+        names = [spec for spec in cfg.members if not glob_paths(spec, config_dir(cfg.source))]
+        if names:  # workspace members in a workspace that is not there: refused before the folder is made
+            Workspace.existing(args.workspace)
     ws = Workspace.at(args.workspace)
     with writing(ws, "blend"):
         log_to_workspace(ws, "blend")
