@@ -36,7 +36,7 @@ def test_members_on_one_backbone_share_their_embedding_store(zoo: Path) -> None:
     cfg = load_run_config(zoo, [])
     settings: dict[tuple, set] = {}
     for m in resolve_members(cfg):
-        if m.kind == "embed-svr":
+        if m.kind in ("embed", "embed-svr"):
             key = (m.max_len, m.chunking, m.pooler, m.precision)
             for b in m.backbones:
                 settings.setdefault(b, set()).add(key)

@@ -4,7 +4,7 @@
                            bundled folders
     DIR/models/<member>/   config.yaml + every fold's model files (checkpoints, tokenizers, sklearn/LightGBM)
     DIR/blend/             the fitted blend (spec.json, saved stacker)
-    DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM for embed-svr)
+    DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM of an `embed` member)
     DIR/wheels/            the fb3stack wheel and the wheels a Kaggle image lacks
     DIR/README.md          the two lines that predict from it
 
