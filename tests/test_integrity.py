@@ -177,10 +177,11 @@ def test_bundle_carries_and_checks_the_hashes(run_copy, fb3_dir, tmp_path, capsy
     meta = read_json(bundle / "bundle.json")
     assert meta["member_hashes"] == {n: m["content_hash"] for n, m in manifests(ws).items()}
     out = tmp_path / "sub.csv"
-    args = ["predict", "--bundle", str(bundle), "--test", str(fb3_dir / "test.csv"), "--out", str(out)]
+    args = ["predict", "--bundle", str(bundle), "--test", str(fb3_dir / "test.csv"), "--out", str(out), "--cache",
+            str(tmp_path / "cache")]
     assert main(args) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(ws / "submission.csv"))
-    shutil.rmtree(bundle / "predictions")
+    shutil.rmtree(tmp_path / "cache")
     target = bundle / "models/features-lgbm/fold0/lgbm_cohesion.txt"
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit: same size, other content

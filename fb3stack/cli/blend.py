@@ -37,5 +37,6 @@ def run(args: argparse.Namespace) -> int:
         res = run_blend(cfg, ws.root, args.data_dir, labels=labels)
     cols = ["name", "kind", "in_sample", "nested", "nested_std", "seconds"]
     print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
-    print(f"chosen: {res.chosen}  ->  {res.blend_dir}")
+    score = "" if res.honest is None else f"; honest MCRMSE {res.honest:.4f} (selected-by-inner-CV)"
+    print(f"chosen: {res.chosen}{score}  ->  {res.blend_dir}")
     return 0
