@@ -63,6 +63,12 @@ def saved_run_config(root: Path, overrides: list[str] | None = None) -> RunConfi
 
 
 def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """Dotted keys down to scalars; a list of mappings (blend methods, members) is keyed by each one's name, so a
+    diff says `methods[slsqp].kind: (unset) -> scipy` rather than two long, equal-looking lists."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        keys = [str(v.get("name", i)) for i, v in enumerate(value)]
+        base = prefix.rstrip(".")
+        return {k: v for key, item in zip(keys, value) for k, v in _flatten(item, f"{base}[{key}].").items()}
     if isinstance(value, dict):
         return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
     return {prefix.rstrip("."): value}
@@ -81,7 +87,7 @@ def settings_changed(before: dict, after: dict, shown: int = 6) -> str | None:
 
 def _short(value: object) -> str:
     text = str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 HASH_WORDS = {"data_hash": "the training data differ from those it was made from",

@@ -80,7 +80,8 @@ def test_status_missing_fold_blend_config_change_and_extra_member(zoo, fb3_dir):
     assert len2["folds"] == ["done", "missing", "done"] and len2["state"] == "2/3 folds"
     assert by_name(status)["old"]["state"] == "extra"
     reasons = by_name(status, "blends", "blend")["b"]["reasons"]
-    assert any(r.startswith("settings changed: methods: ") for r in reasons), reasons
+    assert any(r.startswith("settings changed: ") and "methods[slsqp].kind: (unset) -> scipy" in r
+               for r in reasons), reasons
     assert "member len2 is not up to date" in reasons
     assert status["disk_total"] == sum(d["bytes"] for d in status["disk"]) > 0
 

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from fb3stack.base.runner import SavedMember
+from fb3stack.config import ConfigError
 from fb3stack.constants import ID_COL, SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 from fb3stack.data import check_same_ids, fingerprint, load_sample_submission, load_test
 from fb3stack.io import check_writable, load_npz_checked, read_json, save_npz_checked, write_csv
@@ -82,8 +83,12 @@ class PredictSources:
 def default_cache() -> Path:
     """Where `predict --bundle` caches member predictions unless --cache says: writable, outside the bundle and
     outside the submission's folder (on Kaggle everything in /kaggle/working becomes the notebook's output)."""
-    user = getattr(os, "getuid", lambda: "user")()
-    return Path(tempfile.gettempdir()) / f"fb3stack-{user}" / "predictions"
+    uid = getattr(os, "getuid", lambda: None)()
+    home = Path(tempfile.gettempdir()) / f"fb3stack-{uid if uid is not None else 'user'}"
+    home.mkdir(mode=0o700, exist_ok=True)
+    if uid is not None and home.stat().st_uid != uid:  # a shared /tmp: someone else's folder could plant predictions
+        raise ConfigError(f"{home} belongs to another user; pass --cache DIR for the prediction cache")
+    return home / "predictions"
 
 
 def _rewrite(value: object, path_map: dict[str, str]) -> object:
