@@ -193,7 +193,7 @@ def test_check_data_lists_every_bad_cell_and_says_what_it_did_not_check(fb3_dir,
     train["vocabulary"] = "9"
     train.to_csv(data / "train.csv", index=False)
     res = cli("check-data", "--data-dir", str(data))
-    assert f"... and {60 + 3 - MAX_LISTED} more" in res.stderr  # 60 vocabulary cells + 3 of the 4 above
+    assert "64 problem(s)" in res.stderr and f"... and {64 - MAX_LISTED} more" in res.stderr  # 60 + the 4 above
 
 
 def test_outputs_get_the_umask_permissions_and_killed_writers_leftovers_go(tmp_path):
@@ -316,7 +316,7 @@ def test_report_md_shows_the_blend_table_as_report_html_does(zoo):
 
 def test_no_module_outside_the_cli_imports_from_it():
     for path in (REPO / "fb3stack").rglob("*.py"):
-        if "cli" in path.relative_to(REPO / "fb3stack").parts:
+        if "cli" in path.relative_to(REPO / "fb3stack").parts or path.name == "__main__.py":  # the entry points
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module:
