@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from fb3stack.cli.common import log_to_workspace
-from fb3stack.submit.bundle import make_bundle
+from fb3stack.submit.bundle import check_out, make_bundle
 from fb3stack.workspace import Workspace, find_blend
 
 
@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ws = Workspace.existing(args.workspace)
-    find_blend(ws.root, args.blend)  # a wrong name writes nothing, not even a log
+    find_blend(ws.root, args.blend)  # a wrong name or --out writes nothing, not even a log
+    check_out(ws.root, args.out)
     log_to_workspace(ws, "bundle")
     out = make_bundle(ws.root, args.out, args.blend, wheels=not args.no_wheels)
     print(f"bundle: {out}\n  pip install --no-index --find-links {out}/wheels fb3stack\n"

@@ -82,14 +82,20 @@ def build_wheels(dest: Path, extra: tuple[str, ...] = EXTRA_WHEELS) -> list[str]
     return sorted(p.name for p in dest.glob("*.whl"))
 
 
+def check_out(workspace: Path, out: str | os.PathLike) -> Path:
+    """The bundle folder, refused inside the workspace it copies (it would copy itself next time)."""
+    out = Path(out).expanduser().resolve()
+    if out == workspace or workspace in out.parents:
+        raise ConfigError(f"--out {out} is inside the workspace; choose a folder outside it")
+    return out
+
+
 def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str | None = None,
                 wheels: bool = True) -> Path:
     from fb3stack.blend import load_fitted_blend
 
     sources = PredictSources.from_workspace(workspace, blend)
-    out = Path(out).expanduser().resolve()
-    if out == sources.models_root.parent or sources.models_root.parent in out.parents:
-        raise ConfigError(f"--out {out} is inside the workspace; choose a folder outside it")
+    out = check_out(sources.models_root.parent, out)
     expected = check_blend(sources.blend_dir)
     fitted = load_fitted_blend(sources.blend_dir)
     # every member verified (seals, content hash == the blend's record) before anything is copied
