@@ -310,7 +310,8 @@ def test_report_md_shows_the_blend_table_as_report_html_does(zoo):
     order = [line.split("|")[1].strip() for line in base.splitlines() if line.startswith("| ")][1:]
     assert order == sorted(scores, key=scores.get)  # best first, as report.html lists them
     methods = md.split("## Second layer", 1)[1]
-    nested = [float(line.split("|")[4]) for line in methods.splitlines() if line.startswith("| ")][1:]
+    rows = [line.split("|") for line in methods.splitlines() if line.startswith("| ")][1:]  # header left out
+    nested = [float(cells[4]) for cells in rows]
     assert nested == sorted(nested) and all(t in methods for t in TARGETS)  # best nested first, as in the html
 
 
