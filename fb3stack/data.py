@@ -74,82 +74,160 @@ def _read_csv_text(path: Path) -> pd.DataFrame:
     return df
 
 
-def _require_columns(df: pd.DataFrame, columns: tuple[str, ...], path: Path) -> None:
+# check-data lists at most this many problems per file (a file with every score shifted has thousands)
+MAX_LISTED = 20
+
+
+def _missing_columns(df: pd.DataFrame, columns: tuple[str, ...], path: Path) -> list[DataError]:
     missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise DataError(f"missing column(s) {missing}; found {list(df.columns)}", file=path, column=missing[0])
+    return [DataError(f"missing column(s) {missing}; found {list(df.columns)}", file=path, column=missing[0])] \
+        if missing else []
 
 
-def _check_ids_and_text(df: pd.DataFrame, path: Path) -> None:
+def _no_rows(df: pd.DataFrame, path: Path, what: str) -> list[DataError]:
+    return [DataError(f"has a header but no rows: no {what}", file=path)] if len(df) == 0 else []
+
+
+def _id_and_text_problems(df: pd.DataFrame, path: Path) -> list[DataError]:
+    """Every empty id, every duplicated id (once, naming its rows) and every empty essay."""
     ids = df[ID_COL].str.strip()
-    empty = np.flatnonzero((ids == "").to_numpy())
-    if len(empty):
-        raise DataError("empty text_id", file=path, row=int(empty[0]) + 1, column=ID_COL)
-    dup = ids.duplicated(keep=False).to_numpy()
-    if dup.any():
-        rows = np.flatnonzero(dup)
-        first = ids.iloc[rows[0]]
-        same = [int(r) + 1 for r in rows if ids.iloc[r] == first]
-        raise DataError(f"duplicate text_id '{first}' (rows {same}); {int(dup.sum())} rows share an id", file=path,
-                        row=same[-1], column=ID_COL, text_id=first)
+    problems = [DataError("empty text_id", file=path, row=int(i) + 1, column=ID_COL)
+                for i in np.flatnonzero((ids == "").to_numpy())]
+    dup = ids.duplicated(keep=False).to_numpy() & (ids != "").to_numpy()
+    for first in dict.fromkeys(ids[dup]):
+        same = [int(r) + 1 for r in np.flatnonzero((ids == first).to_numpy())]
+        problems.append(DataError(f"duplicate text_id '{first}' (rows {same})", file=path, row=same[-1],
+                                  column=ID_COL, text_id=first))
     blank = np.flatnonzero((df[TEXT_COL].str.strip() == "").to_numpy())
-    if len(blank):
-        i = int(blank[0])
-        raise DataError(f"empty or missing essay text ({len(blank)} such rows)", file=path, row=i + 1,
-                        column=TEXT_COL, text_id=ids.iloc[i])
+    problems += [DataError("empty or missing essay text", file=path, row=int(i) + 1, column=TEXT_COL,
+                           text_id=ids.iloc[i]) for i in blank]
+    return problems
 
 
-def _check_scores(df: pd.DataFrame, path: Path, on_bad_score: str) -> pd.DataFrame:
+def _score_problems(df: pd.DataFrame, path: Path, on_bad_score: str) -> list[DataError]:
+    """Converts the score columns to floats in place; returns every bad cell, in row order per column. Scores
+    outside [1, 5] or off the grid are logged instead when on_bad_score is 'warn'."""
+    problems = []
     for col in TARGETS:
         raw = df[col].str.strip()
-        values = pd.to_numeric(raw, errors="coerce")
-        nan = np.flatnonzero(values.isna().to_numpy())
-        if len(nan):
-            i = int(nan[0])
+        arr = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
+        for i in np.flatnonzero(np.isnan(arr)):
             what = "missing score" if raw.iloc[i] == "" else f"not a number: {raw.iloc[i]!r}"
-            raise DataError(what, file=path, row=i + 1, column=col, text_id=df[ID_COL].iloc[i])
-        arr = values.to_numpy(dtype=np.float64)
-        outside = (arr < SCORE_MIN) | (arr > SCORE_MAX)
-        off_grid = ~outside & ~np.isclose((arr - SCORE_MIN) / SCORE_STEP, np.round((arr - SCORE_MIN) / SCORE_STEP))
+            problems.append(DataError(what, file=path, row=int(i) + 1, column=col, text_id=df[ID_COL].iloc[i]))
+        with np.errstate(invalid="ignore"):
+            outside = (arr < SCORE_MIN) | (arr > SCORE_MAX)
+            steps = (arr - SCORE_MIN) / SCORE_STEP
+            off_grid = ~outside & ~np.isnan(arr) & ~np.isclose(steps, np.round(steps))
         for mask, what in ((outside, f"outside [{SCORE_MIN}, {SCORE_MAX}]"), (off_grid, f"off the {SCORE_STEP} grid")):
-            if mask.any():
-                i = int(np.flatnonzero(mask)[0])
-                err = DataError(f"score {arr[i]} is {what} ({int(mask.sum())} such rows)", file=path, row=i + 1,
-                                column=col, text_id=df[ID_COL].iloc[i])
+            for i in np.flatnonzero(mask):
+                err = DataError(f"score {arr[i]} is {what}", file=path, row=int(i) + 1, column=col,
+                                text_id=df[ID_COL].iloc[i])
                 if on_bad_score == "error":
-                    raise err
-                logger.warning("%s (kept because on_bad_score=warn)", err)
+                    problems.append(err)
+                else:
+                    logger.warning("%s (kept because on_bad_score=warn)", err)
         df[col] = arr
-    return df
+    return problems
+
+
+def _in_row_order(problems: list[DataError]) -> list[DataError]:
+    """As a user reads the file: by row, then column order (stable: ties keep their order)."""
+    order = {c: i for i, c in enumerate((ID_COL, TEXT_COL, *TARGETS))}
+    return sorted(problems, key=lambda e: (e.row or 0, order.get(e.column or "", -1)))
+
+
+def raise_first(problems: list[DataError]) -> None:
+    """Raise the first problem, saying how many more there are (`fb3stack check-data` lists them all)."""
+    if not problems:
+        return
+    first = problems[0]
+    if len(problems) == 1:
+        raise first
+    raise DataError(f"{first.reason} (and {len(problems) - 1} more problem(s) in this file; "
+                    "`fb3stack check-data` lists them all)", file=first.file, row=first.row, column=first.column,
+                    text_id=first.text_id)
+
+
+def check_train(path: str | os.PathLike, on_bad_score: Literal["error", "warn"] = "error"
+                ) -> tuple[pd.DataFrame | None, list[DataError]]:
+    """train.csv → (DataFrame[text_id, full_text, *TARGETS] with float scores, every problem found); the frame is
+    None when the file cannot be read as a table of the right columns."""
+    path = Path(path)
+    try:
+        df = _read_csv_text(path)
+    except DataError as err:
+        return None, [err]
+    problems = _missing_columns(df, (ID_COL, TEXT_COL, *TARGETS), path)
+    if problems:
+        return None, problems
+    problems = _no_rows(df, path, "essays") + _in_row_order(_id_and_text_problems(df, path)
+                                                            + _score_problems(df, path, on_bad_score))
+    df[ID_COL] = df[ID_COL].str.strip()
+    return df[[ID_COL, TEXT_COL, *TARGETS]].reset_index(drop=True), problems
+
+
+def check_test(path: str | os.PathLike) -> tuple[pd.DataFrame | None, list[DataError]]:
+    """test.csv → (DataFrame[text_id, full_text], every problem found), validated like training data."""
+    path = Path(path)
+    try:
+        df = _read_csv_text(path)
+    except DataError as err:
+        return None, [err]
+    problems = _missing_columns(df, (ID_COL, TEXT_COL), path)
+    if problems:
+        return None, problems
+    problems = _no_rows(df, path, "essays to predict") + _in_row_order(_id_and_text_problems(df, path))
+    df[ID_COL] = df[ID_COL].str.strip()
+    return df[[ID_COL, TEXT_COL]].reset_index(drop=True), problems
+
+
+def check_sample_submission(path: str | os.PathLike) -> tuple[pd.DataFrame | None, list[DataError]]:
+    path = Path(path)
+    try:
+        df = _read_csv_text(path)
+    except DataError as err:
+        return None, [err]
+    problems = _missing_columns(df, (ID_COL, *TARGETS), path)
+    if problems:
+        return None, problems
+    df[ID_COL] = df[ID_COL].str.strip()
+    return df, _no_rows(df, path, "rows to fill")
 
 
 def load_train(path: str | os.PathLike, on_bad_score: Literal["error", "warn"] = "error") -> pd.DataFrame:
     """train.csv → DataFrame[text_id, full_text, *TARGETS] with float scores, validated."""
-    path = Path(path)
-    df = _read_csv_text(path)
-    _require_columns(df, (ID_COL, TEXT_COL, *TARGETS), path)
-    _check_ids_and_text(df, path)
-    df = _check_scores(df, path, on_bad_score)
-    df[ID_COL] = df[ID_COL].str.strip()
-    return df[[ID_COL, TEXT_COL, *TARGETS]].reset_index(drop=True)
+    df, problems = check_train(path, on_bad_score)
+    raise_first(problems)
+    return df
 
 
 def load_test(path: str | os.PathLike) -> pd.DataFrame:
     """test.csv → DataFrame[text_id, full_text], validated like training data."""
-    path = Path(path)
-    df = _read_csv_text(path)
-    _require_columns(df, (ID_COL, TEXT_COL), path)
-    _check_ids_and_text(df, path)
-    df[ID_COL] = df[ID_COL].str.strip()
-    return df[[ID_COL, TEXT_COL]].reset_index(drop=True)
+    df, problems = check_test(path)
+    raise_first(problems)
+    return df
 
 
 def load_sample_submission(path: str | os.PathLike) -> pd.DataFrame:
-    path = Path(path)
-    df = _read_csv_text(path)
-    _require_columns(df, (ID_COL, *TARGETS), path)
-    df[ID_COL] = df[ID_COL].str.strip()
+    df, problems = check_sample_submission(path)
+    raise_first(problems)
     return df
+
+
+def check_same_ids(sample: pd.DataFrame, test: pd.DataFrame, sample_path: str | os.PathLike,
+                   test_path: str | os.PathLike, shown: int = 5) -> None:
+    """The sample submission must list exactly the test file's ids; the error names the first few that differ."""
+    sample_ids, test_ids = set(sample[ID_COL]), set(test[ID_COL])
+    if sample_ids == test_ids:
+        return
+    parts = []
+    for ids, where in ((sorted(test_ids - sample_ids), f"in the test file {test_path} but not here"),
+                       (sorted(sample_ids - test_ids), "here but not in the test file")):
+        if ids:
+            more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+            parts.append(f"{len(ids)} id(s) {where}: {', '.join(ids[:shown])}{more}")
+    raise DataError("ids differ from the test file's: " + "; ".join(parts) + ". Pass the sample submission of this "
+                    "test file", file=sample_path, column=ID_COL)
 
 
 def subsample(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:

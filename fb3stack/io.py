@@ -3,6 +3,10 @@
 Every artefact is written to a temporary file in the same folder and renamed into place, so a crash
 leaves either the old file or the new one, never half of one. Hashes catch what renames cannot: a file
 truncated or changed afterwards (a full disk, a bad copy, a hand edit) is detected, not loaded.
+
+Temporary names carry their writer (`.<name>.<pid>@<host>.<random>.tmp`), so the next write to the same path
+removes what a killed writer left behind (a half-built bundle can be gigabytes) without touching a live one's.
+Files and folders end up with the permissions the umask gives (mkstemp/mkdtemp alone would make them private).
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,12 +32,91 @@ import yaml
 logger = logging.getLogger(__name__)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask can only set it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _owner_tag() -> str:
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+_LEFTOVER = re.compile(r"\.(?:(?P<pid>\d+)@(?P<host>.+)\.)?[^.]+\.tmp")
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary siblings (`.<name>.*.tmp`) that killed writers of `path` left; a live writer's (its
+    process still running on this host, or on another host, which cannot be checked) is kept."""
+    import psutil
+
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    host = socket.gethostname()
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        m = _LEFTOVER.fullmatch(leftover.name[len(path.name) + 1:])
+        if m is None or (m["pid"] and (m["host"] != host or psutil.pid_exists(int(m["pid"])))):
+            continue  # someone else's name, a writer on another host, or a live one
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    if removed:
+        logger.info("removed %d leftover(s) of an interrupted write of %s: %s", len(removed), path,
+                    ", ".join(p.name for p in removed))
+    return removed
+
+
+def umask_permissions(root: str | os.PathLike) -> None:
+    """Give every folder and file under `root` the umask's permissions, e.g. after copying artefacts that an older
+    fb3stack wrote private (0700/0600) into a bundle another user (a notebook) must read."""
+    mask = _umask()
+    for dirpath, _dirs, files in os.walk(root):
+        os.chmod(dirpath, 0o777 & ~mask)
+        for name in files:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o666 & ~mask)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work, an output path that cannot be written: a folder, or a place this user cannot
+    create files in (a read-only bundle or dataset)."""
+    from fb3stack.data import DataError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError("is a folder; --out names the file to write", file=path)
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    try:  # a real file, as the write will make: access() cannot see every read-only mount and says yes to root
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as err:
+        raise DataError(f"cannot write here ({parent}: {err.strerror}); choose a writable --out", file=path) from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -81,7 +166,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Build a folder under a temporary name and move it into place only when complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    remove_leftovers(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         yield tmp
         if path.exists():

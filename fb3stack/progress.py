@@ -40,8 +40,9 @@ class LineProgress(tqdm):
     monitor_interval = 0  # no monitor thread: it exists to force redraws
 
     def __init__(self, iterable: Iterable | None = None, desc: str = "", total: int | None = None,
-                 sink: Callable[[str], object] | None = None, min_seconds: float | None = None, **kwargs: Any) -> None:
-        self.sink, self.logged_t = sink or logger.info, 0.0
+                 sink: Callable[[str], object] | None = None, min_seconds: float | None = None, eta: bool = True,
+                 **kwargs: Any) -> None:
+        self.sink, self.logged_t, self.eta = sink or logger.info, 0.0, eta
         self.min_seconds = MIN_SECONDS if min_seconds is None else min_seconds
         # display() decides what is logged: tqdm calls it after every update and writes nothing of its own
         kwargs.update(leave=True, miniters=1, mininterval=0, delay=0, file=io.StringIO())
@@ -61,23 +62,28 @@ class LineProgress(tqdm):
         if due:
             self.logged_t = now
             counts = "{percentage:3.0f}% {n_fmt}/{total_fmt}" if total else "{n_fmt} {unit}"
-            when = "ETA {remaining}" if total and not final else "elapsed {elapsed}"
+            when = "ETA {remaining}" if total and not final and self.eta else "elapsed {elapsed}"
             self.sink(self.format_meter(**{**self.format_dict, "ncols": None,
                                            "bar_format": f"{{desc}}: {counts} [{{rate_fmt}}, {when}{{postfix}}]"}))
         return True
 
 
-def progress(iterable: Iterable | None = None, desc: str = "", total: int | None = None, **kwargs: Any) -> tqdm:
+def progress(iterable: Iterable | None = None, desc: str = "", total: int | None = None, eta: bool = True,
+             **kwargs: Any) -> tqdm:
     """A progress-reporting wrapper around `iterable`: a tqdm bar on a terminal, ~10% log lines otherwise.
 
     Takes tqdm's keywords (leave, mininterval, unit, ...); the lines use `unit` and ignore the redraw settings.
+    `eta=False` shows the elapsed time instead of an ETA, for steps of very different lengths (a zoo's jobs: a
+    TF-IDF fold takes seconds, a transformer fold hours), where an ETA from the mean rate says nothing.
     """
     chosen = mode()
     if chosen == "bar":
         from tqdm.auto import tqdm as bar
 
+        if not eta:
+            kwargs.setdefault("bar_format", "{l_bar}{bar}| {n_fmt}/{total_fmt} [elapsed {elapsed}{postfix}]")
         return bar(iterable, desc=desc, total=total, **{"dynamic_ncols": True, **kwargs})
-    return LineProgress(iterable, desc, total, disable=chosen == "off", **kwargs)
+    return LineProgress(iterable, desc, total, disable=chosen == "off", eta=eta, **kwargs)
 
 
 def quiet_third_party_bars() -> None:

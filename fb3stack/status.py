@@ -15,7 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from fb3stack.base.member import MemberConfig
-from fb3stack.config import ConfigError, RunConfig, config_dir, from_dict, load_yaml
+from fb3stack.config import (
+    ConfigError,
+    RunConfig,
+    apply_overrides,
+    config_dir,
+    from_dict,
+    load_yaml,
+    result_dict,
+    split_member_overrides,
+    to_dict,
+)
 from fb3stack.constants import FOLD_COL, ID_COL, TEXT_COL
 from fb3stack.data import DataError
 from fb3stack.io import read_json, sha256_file
@@ -36,12 +46,67 @@ class Check:
     problems: list[str] = field(default_factory=list)
 
 
-def saved_run_config(root: Path) -> RunConfig | None:
-    """The workspace's last resolved zoo config, keeping its source so member YAML paths resolve as then."""
+def saved_run_config(root: Path, overrides: list[str] | None = None) -> RunConfig | None:
+    """The workspace's last resolved zoo config, keeping its source so member YAML paths resolve as then, with
+    `--set` overrides applied as `run` would apply them to the zoo YAML."""
     path = root / RUN_CONFIG
     if not path.is_file():
+        if overrides:
+            raise ConfigError(f"--set {' '.join(overrides)}: the workspace has no {RUN_CONFIG} to apply it to; "
+                              "pass the zoo YAML as well (fb3stack status ZOO.yaml --workspace ... --set ...)")
         return None
-    return from_dict(RunConfig, load_yaml(path), where=str(path))
+    run_level, per_member = split_member_overrides(overrides)
+    cfg = from_dict(RunConfig, apply_overrides(load_yaml(path), run_level), where=str(path))
+    for name, items in per_member.items():  # added to the overrides the run itself was given
+        cfg.member_overrides.setdefault(name, []).extend(items)
+    return cfg
+
+
+def _flatten(value: object, prefix: str = "") -> dict[str, object]:
+    """Dotted keys down to scalars; a list of mappings (blend methods, members) is keyed by each one's name, so a
+    diff says `methods[slsqp].kind: (unset) -> scipy` rather than two long, equal-looking lists."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        keys = [str(v.get("name", i)) for i, v in enumerate(value)]
+        base = prefix.rstrip(".")
+        return {k: v for key, item in zip(keys, value) for k, v in _flatten(item, f"{base}[{key}].").items()}
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def settings_changed(before: dict, after: dict, shown: int = 6) -> str | None:
+    """The settings that differ between two resolved configs, as 'key: old -> new' (None when none differ)."""
+    old, new = _flatten(before), _flatten(after)
+    diffs = [f"{k}: {_short(old.get(k, '(unset)'))} -> {_short(new.get(k, '(unset)'))}"
+             for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not diffs:
+        return None
+    more = f" (+{len(diffs) - shown} more)" if len(diffs) > shown else ""
+    return "settings changed: " + ", ".join(diffs[:shown]) + more
+
+
+def _short(value: object) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+HASH_WORDS = {"data_hash": "the training data differ from those it was made from",
+              "folds_hash": "the folds differ from those it was made with",
+              "members_hash": "its members' OOF predictions changed"}
+
+
+def explain(reasons: list[str], before: dict | None, after: dict) -> list[str]:
+    """stale_reasons in words: a changed config becomes the settings that changed, a changed hash what it covers."""
+    out = []
+    for reason in reasons:
+        key = reason.split(" ", 1)[0]
+        if key == "config_hash" and before is not None:
+            out.append(settings_changed(before, after) or reason)
+        elif key in HASH_WORDS:
+            out.append(f"{HASH_WORDS[key]} ({reason})")
+        else:
+            out.append(reason)
+    return out
 
 
 def current_state(root: Path, cfg: RunConfig | None, data_dir: str | os.PathLike | None) -> Check:
@@ -105,6 +170,9 @@ def member_status(root: Path, check: Check) -> list[dict[str, Any]]:
             state, reasons = "stale", [f"{model_dir.name} has no manifest.json"]
         else:
             reasons = stale_reasons(model_dir, **expected_hashes(cfg, check.prep))
+            saved = model_dir / "config.yaml"
+            before = result_dict(_saved_member_config(saved)) if reasons and saved.is_file() else None
+            reasons = explain(reasons, before, result_dict(cfg))
             state = "stale" if reasons else ""
         folds = []
         for k in range(n_folds or 0):
@@ -128,6 +196,17 @@ def _saved_n_folds(root: Path) -> int | None:
     return int(read_json(meta).get("n_folds") or 0) or None if meta.is_file() else None
 
 
+def _saved_member_config(path: Path) -> object:
+    """A member's config.yaml as trained, typed (so execution-only fields drop out of result_dict); the raw
+    mapping when it no longer reads as its kind's config (a field since renamed)."""
+    from fb3stack.base.registry import load_member_config
+
+    try:
+        return load_member_config(path)
+    except (ConfigError, ValueError):
+        return load_yaml(path)
+
+
 def _saved_kind(model_dir: Path) -> str | None:
     path = model_dir / "config.yaml"
     return (load_yaml(path) or {}).get("kind") if path.is_file() else None
@@ -148,21 +227,21 @@ def blend_status(root: Path, check: Check, members: list[dict[str, Any]], data_d
         # without the data nothing can be compared: say unknown, not stale
         unknown = any(r.startswith("cannot be rebuilt") for r in reasons) or any(m["state"] == "unknown" for m in mine)
         state = "stale" if reasons and not unknown else "unknown" if unknown else "fresh"
-        rows.append({"blend": blend_dir.name, "method": spec.get("method"), "nested_mcrmse": spec.get("nested_mcrmse"),
+        info = read_blend_scores(blend_dir, spec)
+        rows.append({"blend": blend_dir.name, "method": spec.get("method"), "mcrmse": info[1],
+                     "mcrmse_from": info[0], "nested_mcrmse": spec.get("nested_mcrmse"),
                      "members": spec.get("members", []), "state": state, "reasons": reasons})
     return rows
 
 
 def _blend_stale_reasons(root: Path, blend_dir: Path, check: Check, data_dir: str | os.PathLike | None) -> list[str]:
-    from fb3stack.blend.config import BlendConfig
+    from fb3stack.blend.config import BlendConfig, zoo_blend_config
     from fb3stack.blend.inputs import load_members, workspace_label_ids
     from fb3stack.blend.run import manifest_hashes, resolve_outer
     from fb3stack.data import load_train, resolve_data_dir
 
     cfg = None
     if check.cfg is not None and check.cfg.blend is not None:
-        from fb3stack.cli.run import zoo_blend_config
-
         try:
             zoo_blend = zoo_blend_config(check.cfg)
             cfg = zoo_blend if zoo_blend.name == blend_dir.name else None
@@ -182,7 +261,19 @@ def _blend_stale_reasons(root: Path, blend_dir: Path, check: Check, data_dir: st
         _, outer_folds, outer_desc = resolve_outer(cfg, members, labels, base_dir)
     except (DataError, ConfigError, ValueError) as err:
         return [f"cannot be rebuilt as configured: {err}"]
-    return stale_reasons(blend_dir, **manifest_hashes(cfg, labels, members, outer_desc, outer_folds))
+    reasons = stale_reasons(blend_dir, **manifest_hashes(cfg, labels, members, outer_desc, outer_folds))
+    saved = blend_dir / "config.yaml"
+    return explain(reasons, load_yaml(saved) if saved.is_file() else None, to_dict(cfg))
+
+
+def read_blend_scores(blend_dir: Path, spec: dict) -> tuple[str, float | None]:
+    """(which row, score): the blend's one shown score, the honest estimate, found as the report finds it."""
+    import pandas as pd
+
+    from fb3stack.report.gather import honest_choice
+
+    table = pd.read_csv(blend_dir / "table.csv") if (blend_dir / "table.csv").is_file() else None
+    return honest_choice(table, spec)
 
 
 def prediction_status(root: Path, check: Check, data_dir: str | os.PathLike | None) -> list[dict[str, Any]]:
@@ -226,17 +317,22 @@ def disk_use(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def collect(workspace: str | os.PathLike, cfg: RunConfig | None = None, data_dir: str | os.PathLike | None = None
-            ) -> dict[str, Any]:
-    root = Path(workspace).expanduser().resolve()
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such workspace")
+def collect(workspace: str | os.PathLike, cfg: RunConfig | None = None, data_dir: str | os.PathLike | None = None,
+            overrides: list[str] | None = None) -> dict[str, Any]:
+    """The workspace's state against `cfg`, or else its run_config.yaml with `overrides` applied."""
+    root = Workspace.existing(workspace).root
     source = "given" if cfg is not None else RUN_CONFIG
     if cfg is None:
         try:
-            cfg = saved_run_config(root)
+            cfg = saved_run_config(root, overrides)
         except ConfigError as err:
+            if overrides:
+                raise  # the user's --set cannot be applied: refused, never ignored
             logger.warning("%s", err)
+    if overrides and cfg is not None:
+        from fb3stack.base.runner import resolve_members
+
+        resolve_members(cfg)  # a --set naming no member, or a bad value, is refused, not shown as a problem
     check = current_state(root, cfg, data_dir)
     members = member_status(root, check)
     disk = disk_use(root)

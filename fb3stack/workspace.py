@@ -62,6 +62,10 @@ class WorkspaceBusyError(RuntimeError):
     """Another fb3stack command is writing to this workspace."""
 
 
+class MissingArtefactError(FileNotFoundError):
+    """A workspace, blend, bundle or saved member that a command needs is not there (a wrong path or name)."""
+
+
 @dataclass(frozen=True)
 class Workspace:
     root: Path
@@ -70,6 +74,15 @@ class Workspace:
     def at(cls, path: str | os.PathLike) -> Workspace:
         root = Path(path).expanduser().resolve()
         root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @classmethod
+    def existing(cls, path: str | os.PathLike) -> Workspace:
+        """A workspace that must already exist (commands that read what `run` made): never created here."""
+        root = Path(path).expanduser().resolve()
+        if not root.is_dir():
+            raise MissingArtefactError(f"{root}: no such workspace; pass the folder `fb3stack run` or `train` wrote "
+                                       "(--workspace)")
         return cls(root)
 
     @property
@@ -207,6 +220,8 @@ def ensure_folds(ws: Workspace, train: pd.DataFrame, cfg: FoldsConfig, force: bo
     """
     data_hash = data_fingerprint(train)
     file = resolve_path(cfg.file, base_dir) if cfg.file else None
+    if file is not None and not file.is_file():
+        raise DataError("folds file not found (folds.file / --from)", file=file)
     wanted = {"data_hash": data_hash, "n_folds": cfg.n_folds, "seed": cfg.seed,
               "source": str(file.resolve()) if file else None, "source_hash": sha256_file(file) if file else None}
     if ws.folds_path.exists() and ws.folds_meta_path.exists() and not force:
@@ -348,19 +363,31 @@ def _holder_alive(info: dict) -> bool:
     return psutil.pid_exists(pid) and (not info.get("proc_start") or _process_start(pid) == info["proc_start"])
 
 
+def fitted_blends(root: str | os.PathLike) -> list[Path]:
+    """The fitted blends (blends/<name>/spec.json) of a workspace, oldest first."""
+    blends = Path(root) / "blends"
+    return sorted((p for p in blends.glob("*") if (p / "spec.json").is_file()),
+                  key=lambda p: (p / "spec.json").stat().st_mtime) if blends.is_dir() else []
+
+
 def find_blend(root: str | os.PathLike, name: str | None = None, newest: bool = False) -> Path | None:
     """A workspace's fitted blend: blends/<name>; without a name the only one (several: an error), or with
     `newest` the most recently fitted (None when there is none)."""
     blends = Path(root) / "blends"
+    found = fitted_blends(root)
+    names = [p.name for p in found]
     if name:
         if not (blends / name / "spec.json").is_file():
-            raise FileNotFoundError(f"{blends / name}: no fitted blend (spec.json); run `fb3stack blend` first")
+            have = f"fitted blends here: {', '.join(names)}" if names else "this workspace has no fitted blend yet"
+            raise MissingArtefactError(f"--blend {name}: no fitted blend {blends / name} ({have}); fit it with "
+                                       "`fb3stack blend` or `fb3stack run`")
         return blends / name
-    found = sorted((p for p in blends.glob("*") if (p / "spec.json").is_file()),
-                   key=lambda p: (p / "spec.json").stat().st_mtime) if blends.is_dir() else []
     if newest and len(found) > 1:
         logger.info("%d blends in %s; using the newest, %s (choose with --blend)", len(found), blends, found[-1].name)
     if newest or len(found) == 1:
         return found[-1] if found else None
-    raise FileNotFoundError(f"{blends}: expected exactly one fitted blend, found {[p.name for p in found]}; "
-                            "pass --blend NAME")
+    if not found:
+        raise MissingArtefactError(f"{Path(root)}: no fitted blend (blends/<name>/spec.json); fit one with "
+                                   "`fb3stack blend` or `fb3stack run` first")
+    raise MissingArtefactError(f"{blends}: {len(found)} fitted blends ({', '.join(names)}); choose one with "
+                               + " or ".join(f"--blend {n}" for n in names[:3]))

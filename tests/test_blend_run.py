@@ -147,16 +147,16 @@ def test_find_blend_only_one_or_newest(tmp_path):
     from fb3stack.workspace import find_blend
 
     assert find_blend(tmp_path, newest=True) is None
-    with pytest.raises(FileNotFoundError, match="expected exactly one fitted blend, found"):
+    with pytest.raises(FileNotFoundError, match="no fitted blend .*; fit one with `fb3stack blend`"):
         find_blend(tmp_path)
     for i, name in enumerate(("old", "new")):
         (tmp_path / "blends" / name).mkdir(parents=True)
         (tmp_path / "blends" / name / "spec.json").write_text("{}")
         os.utime(tmp_path / "blends" / name / "spec.json", (1_000 + i, 1_000 + i))
     (tmp_path / "blends" / "unfinished").mkdir()  # no spec.json: not a fitted blend
-    with pytest.raises(FileNotFoundError, match=r"found \['old', 'new'\]; pass --blend NAME"):
+    with pytest.raises(FileNotFoundError, match=r"2 fitted blends \(old, new\); choose one with --blend old or "):
         find_blend(tmp_path)  # predict must not guess between two blends
     assert find_blend(tmp_path, newest=True).name == "new"  # the report shows the latest
     assert find_blend(tmp_path, "old").name == "old"
-    with pytest.raises(FileNotFoundError, match="no fitted blend"):
+    with pytest.raises(FileNotFoundError, match=r"--blend unfinished: no fitted blend .*here: old, new\)"):
         find_blend(tmp_path, "unfinished")

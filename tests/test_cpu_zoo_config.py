@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from fb3stack.base.runner import resolve_members
-from fb3stack.blend.config import BlendConfig, default_methods, load_blend_config
-from fb3stack.cli.run import zoo_blend_config
+from fb3stack.blend.config import BlendConfig, default_methods, load_blend_config, zoo_blend_config
 from fb3stack.config import from_dict, load_run_config, to_dict
 
 ZOOS = sorted((Path(__file__).resolve().parents[1] / "configs" / "zoo").glob("cpu*.yaml"))
@@ -37,7 +36,7 @@ def test_members_on_one_backbone_share_their_embedding_store(zoo: Path) -> None:
     cfg = load_run_config(zoo, [])
     settings: dict[tuple, set] = {}
     for m in resolve_members(cfg):
-        if m.kind == "embed-svr":
+        if m.kind in ("embed", "embed-svr"):
             key = (m.max_len, m.chunking, m.pooler, m.precision)
             for b in m.backbones:
                 settings.setdefault(b, set()).add(key)

@@ -177,10 +177,11 @@ def test_bundle_carries_and_checks_the_hashes(run_copy, fb3_dir, tmp_path, capsy
     meta = read_json(bundle / "bundle.json")
     assert meta["member_hashes"] == {n: m["content_hash"] for n, m in manifests(ws).items()}
     out = tmp_path / "sub.csv"
-    args = ["predict", "--bundle", str(bundle), "--test", str(fb3_dir / "test.csv"), "--out", str(out)]
+    args = ["predict", "--bundle", str(bundle), "--test", str(fb3_dir / "test.csv"), "--out", str(out), "--cache",
+            str(tmp_path / "cache")]
     assert main(args) == 0
     pd.testing.assert_frame_equal(pd.read_csv(out), pd.read_csv(ws / "submission.csv"))
-    shutil.rmtree(bundle / "predictions")
+    shutil.rmtree(tmp_path / "cache")
     target = bundle / "models/features-lgbm/fold0/lgbm_cohesion.txt"
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01  # one bit: same size, other content
@@ -311,3 +312,19 @@ def test_lock_of_a_dead_or_reused_pid_is_taken_over_but_another_hosts_is_respect
         with workspace_lock(ws, "train"):
             pass
     assert lock.exists()  # not ours to remove
+
+
+def test_embed_kind_renamed_old_name_still_reads_and_retrains_nothing(tmp_path):
+    """`embed-svr` fits a ridge as often as an SVR, so the kind is now `embed`; the old name still reads, to the
+    same class, and hashes as before, so members trained under it stay fresh."""
+    from fb3stack.base.embed_svr import EmbedSVRConfig, EmbedSVRMember
+    from fb3stack.base.registry import load_member_config, member_class
+    from fb3stack.base.runner import config_hash
+
+    assert member_class("embed") is member_class("embed-svr") is EmbedSVRMember
+    (tmp_path / "old.yaml").write_text("name: e\nkind: embed-svr\nregressor: ridge_cv\n")
+    old = load_member_config(tmp_path / "old.yaml")
+    assert isinstance(old, EmbedSVRConfig)
+    assert config_hash(EmbedSVRConfig(name="e", kind="embed", regressor="ridge_cv")) == config_hash(old)
+    for path in (REPO / "configs/models").glob("embed-*.yaml"):
+        assert yaml.safe_load(path.read_text())["kind"] == "embed", path

@@ -69,3 +69,16 @@ def test_forced_modes(monkeypatch, caplog, forced):
         assert isinstance(bar, LineProgress) is (forced == "off") and bar.disable is (forced == "off")
         assert sum(bar) == sum(range(20))
     assert not caplog.records  # a bar draws on stderr, "off" shows nothing
+
+
+def test_jobs_of_very_different_lengths_show_elapsed_not_an_eta(monkeypatch):
+    """A zoo's (member, fold) jobs differ 1000-fold in length: an ETA from their mean rate misled (3:31 with 4 s
+    left), so the job counter shows the elapsed time instead."""
+    seen: list[str] = []
+    bar = LineProgress(range(10), desc="train (member, fold) jobs", sink=seen.append, min_seconds=0, eta=False)
+    assert list(bar) == list(range(10))
+    assert seen and not any("ETA" in s for s in seen) and all("elapsed" in s for s in seen)
+    monkeypatch.setenv("FB3STACK_PROGRESS", "bar")
+    shown = progress(range(3), desc="jobs", eta=False, file=__import__("io").StringIO())
+    list(shown)
+    assert "<" not in shown.format_meter(**shown.format_dict)  # tqdm writes an ETA as elapsed<remaining

@@ -51,7 +51,7 @@ def test_status_marks_a_member_stale_after_its_config_changes(zoo, fb3_dir, caps
     status = collect(ws, data_dir=fb3_dir)
     members = by_name(status)
     assert members["len"]["state"] == "stale" and members["len"]["folds"] == ["stale"] * 3
-    assert any("config_hash changed" in r for r in members["len"]["reasons"])
+    assert members["len"]["reasons"] == ["settings changed: alpha: 1.0 -> 2.0"]  # which setting, not a hash
     assert members["len2"]["state"] == "done"  # the other member is untouched
     blend = by_name(status, "blends", "blend")["b"]
     assert blend["state"] == "stale" and "member len is not up to date" in blend["reasons"]
@@ -62,7 +62,7 @@ def test_status_marks_a_member_stale_after_its_config_changes(zoo, fb3_dir, caps
     assert main(["status", "--workspace", str(ws), "--data-dir", str(fb3_dir)]) == 0
     plain = capsys.readouterr().out  # captured: not a terminal, so plain aligned text
     row = next(line for line in plain.splitlines() if line.strip().startswith("len "))
-    assert row.split()[1:5] == ["length-ridge", "stale", "stale", "stale"] and "config_hash changed" in row
+    assert row.split()[1:5] == ["length-ridge", "stale", "stale", "stale"] and "alpha: 1.0 -> 2.0" in row
     assert "\x1b[" not in plain  # no terminal colour codes when piped
     assert snapshot(ws) == before  # status wrote nothing
 
@@ -80,7 +80,9 @@ def test_status_missing_fold_blend_config_change_and_extra_member(zoo, fb3_dir):
     assert len2["folds"] == ["done", "missing", "done"] and len2["state"] == "2/3 folds"
     assert by_name(status)["old"]["state"] == "extra"
     reasons = by_name(status, "blends", "blend")["b"]["reasons"]
-    assert any("config_hash changed" in r for r in reasons) and "member len2 is not up to date" in reasons
+    assert any(r.startswith("settings changed: ") and "methods[slsqp].kind: (unset) -> scipy" in r
+               for r in reasons), reasons
+    assert "member len2 is not up to date" in reasons
     assert status["disk_total"] == sum(d["bytes"] for d in status["disk"]) > 0
 
 

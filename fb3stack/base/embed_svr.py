@@ -1,4 +1,5 @@
-"""`embed-svr`: frozen-backbone embeddings (cached once per text) + one regressor per trait per fold.
+"""`embed` (formerly `embed-svr`, still read): frozen-backbone embeddings (cached once per text) + one regressor
+per trait per fold: SVR or ridge.
 
 The embeddings do not depend on labels, so every essay is embedded once per backbone/setting for the whole
 workspace and each fold only fits the small regressors on its training rows. Predicting new essays embeds
@@ -66,7 +67,8 @@ class EmbedSVRConfig(MemberConfig):
     alphas: list[float] = field(default_factory=lambda: list(DEFAULT_ALPHAS))  # ridge_cv grid
 
 
-@register_member("embed-svr")
+@register_member("embed")
+@register_member("embed-svr")  # the old name: it fits a ridge as often as an SVR
 class EmbedSVRMember(Member):
     config_cls = EmbedSVRConfig
     config: EmbedSVRConfig

@@ -51,7 +51,8 @@ def finish(members: Sequence[MemberConfig], prep: Prepared) -> dict[str, dict]:
 def run_local(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None
               ) -> dict[str, dict]:
     """Train the pending (member, fold) jobs here, one after another; {name: metrics} of each finished member."""
-    for m, k in progress(pending_jobs(members, prep, folds), desc="train (member, fold) jobs", unit="job"):
+    for m, k in progress(pending_jobs(members, prep, folds), desc="train (member, fold) jobs", unit="job",
+                         eta=False):
         train_fold(m, prep, k)
     return finish(members, prep)
 

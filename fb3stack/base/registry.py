@@ -12,13 +12,17 @@ from fb3stack.plugins import Registry
 
 MEMBER_KINDS: Registry[type[Member]] = Registry("member kind", "fb3stack.members", Member, builtins={
     "transformer": "fb3stack.base.transformer.member",
-    "embed-svr": "fb3stack.base.embed_svr",
+    "embed": "fb3stack.base.embed_svr",
+    "embed-svr": "fb3stack.base.embed_svr",  # the old name of `embed`, kept so older configs still read
     "tfidf-ridge": "fb3stack.base.tfidf_ridge",
     "features-lgbm": "fb3stack.base.features_lgbm",
 })
 register_member = MEMBER_KINDS.register  # class decorator: @register_member("my-model")
 member_class = MEMBER_KINDS.get
 member_kinds = MEMBER_KINDS.names
+# a renamed kind -> the name it had when members were first trained under it: config hashes use the old name,
+# so a rename retrains nothing
+HASHED_AS = {"embed": "embed-svr"}
 
 
 def load_member_config(

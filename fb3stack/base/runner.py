@@ -35,7 +35,7 @@ import pandas as pd
 
 from fb3stack import dist
 from fb3stack.base.member import Member, MemberConfig
-from fb3stack.base.registry import load_member_config, member_class
+from fb3stack.base.registry import HASHED_AS, load_member_config, member_class
 from fb3stack.config import ConfigError, RunConfig, config_dir, load_yaml, result_dict, to_dict
 from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
 from fb3stack.io import (
@@ -71,8 +71,11 @@ def fold_dir(model_dir: Path, fold: int) -> Path:
 
 
 def config_hash(cfg: MemberConfig) -> str:
-    """Hash of the settings that change what the member learns (execution-only fields left out)."""
-    return sha256_json(result_dict(cfg))
+    """Hash of the settings that change what the member learns (execution-only fields left out); a renamed kind
+    hashes under its old name, so the rename retrains nothing."""
+    settings = result_dict(cfg)
+    settings["kind"] = HASHED_AS.get(settings["kind"], settings["kind"])
+    return sha256_json(settings)
 
 
 def content_hash(cfg_hash: str, fold_digests: list[str]) -> str:

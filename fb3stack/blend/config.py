@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fb3stack.config import ConfigError, apply_overrides, config_dir, from_dict, load_yaml, resolve_path
+from fb3stack.config import ConfigError, RunConfig, apply_overrides, config_dir, from_dict, load_yaml, resolve_path
 
 
 @dataclass
@@ -109,3 +109,15 @@ def load_blend_config(path: str | os.PathLike, overrides: list[str] | None = Non
     cfg = from_dict(BlendConfig, raw, where=str(path))
     cfg.source = str(Path(path).resolve())
     return cfg
+
+
+def zoo_blend_config(cfg: RunConfig) -> BlendConfig:
+    """A zoo's `blend`: a blend YAML path (relative to the zoo file) or an inline mapping. Used by `run` and by
+    `status`, which judges the zoo's blend against it."""
+    if isinstance(cfg.blend, str):
+        return load_blend_config(resolve_path(cfg.blend, config_dir(cfg.source)))
+    if not isinstance(cfg.blend, dict):
+        raise ConfigError(f"{cfg.source}: 'blend' must be a blend YAML path or a mapping")
+    blend = from_dict(BlendConfig, {k: v for k, v in cfg.blend.items() if k != "source"}, where=f"{cfg.source}:blend")
+    blend.source = cfg.source
+    return blend

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from fb3stack.blend.config import load_blend_config
 from fb3stack.blend.run import run_blend
 from fb3stack.cli.common import log_to_workspace, writing
-from fb3stack.config import load_run_config, load_yaml
+from fb3stack.config import config_dir, glob_paths, load_run_config, load_yaml
 from fb3stack.workspace import Workspace, load_training_data
 
 
@@ -26,11 +27,16 @@ def run(args: argparse.Namespace) -> int:
     labels = None
     if "blend" in load_yaml(args.config):  # a zoo YAML: read the labels with the zoo's data settings, as `run` does
         _, labels = load_training_data(load_run_config(args.config).data, args.data_dir)
+    if not Path(args.workspace).expanduser().is_dir():
+        names = [spec for spec in cfg.members if not glob_paths(spec, config_dir(cfg.source))]
+        if names:  # workspace members in a workspace that is not there: refused before the folder is made
+            Workspace.existing(args.workspace)
     ws = Workspace.at(args.workspace)
     with writing(ws, "blend"):
         log_to_workspace(ws, "blend")
         res = run_blend(cfg, ws.root, args.data_dir, labels=labels)
     cols = ["name", "kind", "in_sample", "nested", "nested_std", "seconds"]
     print(res.table[cols].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
-    print(f"chosen: {res.chosen}  ->  {res.blend_dir}")
+    score = "" if res.honest is None else f"; honest MCRMSE {res.honest:.4f} (selected-by-inner-CV)"
+    print(f"chosen: {res.chosen}{score}  ->  {res.blend_dir}")
     return 0

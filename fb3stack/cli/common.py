@@ -18,7 +18,7 @@ from fb3stack.workspace import Workspace, workspace_lock
 def add_run_options(p: argparse.ArgumentParser, config_required: bool = False) -> None:
     p.add_argument("config", nargs=None if config_required else "?", help="zoo YAML (data, folds, members, blend)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set folds.n_folds=4 or --set members.tfidf.alpha=2")
+                   help="override a config value, e.g. --set folds.n_folds=4 or --set members.tfidf-ridge.alpha=3")
     p.add_argument("--data-dir", help="folder with train.csv/test.csv (default: $FB3STACK_DATA, then the config)")
     p.add_argument("--workspace", help="workspace folder (default: the config's 'workspace')")
 

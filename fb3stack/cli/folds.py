@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, writing
-from fb3stack.config import config_dir
+from fb3stack.config import config_dir, resolve_path
+from fb3stack.data import DataError
 from fb3stack.folds import fold_summary
 from fb3stack.workspace import Workspace, ensure_folds, load_training_data
 
@@ -29,8 +30,10 @@ def run(args: argparse.Namespace) -> int:
         cfg.folds.seed = args.seed
     if args.from_file:  # a command-line path: relative to the current folder, not the zoo YAML's
         cfg.folds.file = str(Path(args.from_file).expanduser().resolve())
+    _, train = load_training_data(cfg.data, args.data_dir)  # a wrong data folder or file creates no workspace
+    if cfg.folds.file and not resolve_path(cfg.folds.file, config_dir(cfg.source)).is_file():
+        raise DataError("folds file not found (folds.file / --from)", file=cfg.folds.file)
     ws = Workspace.at(args.workspace or cfg.workspace)
-    _, train = load_training_data(cfg.data, args.data_dir)
     with writing(ws, "folds"):
         log_to_workspace(ws, "folds")
         folds = ensure_folds(ws, train, cfg.folds, force=args.force, base_dir=config_dir(cfg.source))

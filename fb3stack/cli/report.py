@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fb3stack.cli.common import log_to_workspace
 from fb3stack.report.gather import gather, headline
 from fb3stack.workspace import Workspace, find_blend
 
@@ -22,11 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fb3stack.submit.report import write_report
 
-    root = Path(args.workspace).expanduser().resolve()
-    if not root.is_dir():
-        raise SystemExit(f"{root}: no such workspace")
-    ws = Workspace(root)
+    ws = Workspace.existing(args.workspace)
+    root = ws.root
     blend_dir = find_blend(root, args.blend, newest=True)
+    log_to_workspace(ws, "report")
     submission = root / "submission.csv"
     out = Path(args.out).with_suffix(".md") if args.out else None
     md = write_report(ws, blend_dir, submission if submission.is_file() else None, {}, out=out,

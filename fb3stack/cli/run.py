@@ -20,9 +20,9 @@ from fb3stack.base.executors import RayOptions, run_local, run_ray
 from fb3stack.base.member import MemberConfig
 from fb3stack.base.runner import check_backbones, resolve_members
 from fb3stack.cli.common import add_run_options, log_to_workspace, run_config, save_resolved_config, writing
-from fb3stack.config import ConfigError, RunConfig, config_dir, from_dict, resolve_path
-from fb3stack.constants import ID_COL
-from fb3stack.data import DataError, load_sample_submission, load_test
+from fb3stack.config import ConfigError, RunConfig, config_dir, resolve_path
+from fb3stack.data import check_same_ids, load_sample_submission, load_test
+from fb3stack.io import check_writable
 from fb3stack.submit.predict import PredictSources, predict_submission
 from fb3stack.submit.report import run_summary, write_report
 from fb3stack.workspace import Workspace, load_training_data, prepare
@@ -38,19 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=["local", "ray"], default="local")
     p.add_argument("--ray-address")
     p.set_defaults(func=run)
-
-
-def zoo_blend_config(cfg: RunConfig):
-    """The zoo's `blend`: a blend YAML path (relative to the zoo file) or an inline mapping."""
-    from fb3stack.blend.config import BlendConfig, load_blend_config
-
-    if isinstance(cfg.blend, str):
-        return load_blend_config(resolve_path(cfg.blend, config_dir(cfg.source)))
-    if not isinstance(cfg.blend, dict):
-        raise ConfigError(f"{cfg.source}: 'blend' must be a blend YAML path or a mapping")
-    blend = from_dict(BlendConfig, {k: v for k, v in cfg.blend.items() if k != "source"}, where=f"{cfg.source}:blend")
-    blend.source = cfg.source
-    return blend
 
 
 @dataclass
@@ -77,6 +64,7 @@ def check_blend_members(blend_cfg, members: list[MemberConfig], where: str) -> N
 
 def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
     """Configs first (seconds), then the data files; raises ConfigError / DataError naming what is wrong."""
+    from fb3stack.blend.config import zoo_blend_config
     from fb3stack.blend.run import build_methods
 
     members = resolve_members(cfg)
@@ -93,10 +81,9 @@ def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
     sample = data_dir / cfg.data.sample_submission_file
     sample_path = sample if sample.is_file() else None
     if sample_path is not None:
-        ids = set(load_sample_submission(sample_path)[ID_COL])
-        if ids != set(test[ID_COL]):
-            raise DataError(f"ids differ from the test file {test_path} ({len(ids ^ set(test[ID_COL]))} not shared)",
-                            file=sample_path, column=ID_COL)
+        check_same_ids(load_sample_submission(sample_path), test, sample_path, test_path)
+    if args.out:
+        check_writable(args.out)
     logger.info("checked: %d members, blend %s with %d methods, %d training essays, %d test essays",
                 len(members), blend_cfg.name, len(blend_cfg.methods), len(train), len(test))
     return Checked(members, blend_cfg, data_dir, train, test_path, sample_path)
@@ -129,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         result = run_blend(checked.blend, ws.root, checked.data_dir, labels=prep.train)
         blend_dir = result.blend_dir
-        logger.info("blend %s: chosen %s", checked.blend.name, result.chosen)
+        logger.info("blend %s: chosen %s, honest MCRMSE %s (selected-by-inner-CV)", checked.blend.name,
+                    result.chosen, "n/a" if result.honest is None else f"{result.honest:.4f}")
         timings["blend"] = time.perf_counter() - t
 
         t = time.perf_counter()

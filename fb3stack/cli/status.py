@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workspace", default="workspace", help="workspace folder (default: workspace)")
     p.add_argument("--data-dir", help="folder with train.csv/test.csv (default: $FB3STACK_DATA, then the config)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, as given to run/train")
+                   help="config override, as given to run/train; without a zoo YAML it applies to the workspace's "
+                   "run_config.yaml (e.g. --set members.tfidf-ridge.alpha=3: would that retrain?)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
@@ -32,11 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from fb3stack.config import load_run_config
 
     cfg = load_run_config(args.config, args.overrides) if args.config else None
-    try:
-        status = collect(args.workspace, cfg, args.data_dir)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    status = collect(args.workspace, cfg, args.data_dir, overrides=args.overrides)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
     elif sys.stdout.isatty():
@@ -55,9 +52,10 @@ def tables(status: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
                    for m in status["members"]]
     out.append(("Members x folds", ["member", "kind", *[f"fold{k}" for k in range(n)], "state", "OOF MCRMSE", "why"],
                 member_rows))
-    blend_rows = [[b["blend"], b["method"] or "", "" if b["nested_mcrmse"] is None else f"{b['nested_mcrmse']:.4f}",
-                   b["state"], "; ".join(b["reasons"])] for b in status["blends"]]
-    out.append(("Blends", ["blend", "method", "nested MCRMSE", "state", "why"], blend_rows))
+    # one score per blend, the one report and run show: the honest estimate, with the table row it comes from
+    blend_rows = [[b["blend"], b["method"] or "", "" if b["mcrmse"] is None else f"{b['mcrmse']:.4f}",
+                   b["mcrmse_from"] or "", b["state"], "; ".join(b["reasons"])] for b in status["blends"]]
+    out.append(("Blends", ["blend", "method", "honest MCRMSE", "scored as", "state", "why"], blend_rows))
     pred_rows = [[p["test_hash"], p["member"], {None: "?", True: "yes", False: "no"}[p["current_test"]], p["state"],
                   human_bytes(p["bytes"])] for p in status["predictions"]]
     out.append(("Cached test predictions", ["test hash", "member", "current test.csv", "state", "size"], pred_rows))

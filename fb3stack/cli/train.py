@@ -10,8 +10,8 @@ from fb3stack import dist
 from fb3stack.base.executors import RayOptions, run_local, run_ray
 from fb3stack.base.runner import resolve_members
 from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config, writing
-from fb3stack.config import RunConfig, load_run_config, load_yaml
-from fb3stack.workspace import Workspace, prepare
+from fb3stack.config import ConfigError, RunConfig, load_run_config, load_yaml
+from fb3stack.workspace import Workspace, load_training_data, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -53,24 +53,25 @@ def run(args: argparse.Namespace) -> int:
     if args.only:
         unknown = set(args.only) - {m.name for m in members}
         if unknown:
-            raise SystemExit(f"--only names unknown member(s) {sorted(unknown)}; have {[m.name for m in members]}")
+            raise ConfigError(f"--only names unknown member(s) {sorted(unknown)}; have {[m.name for m in members]}")
         members = [m for m in members if m.name in args.only]
     if args.dry_run:
         return dry_run(members)
+    loaded = load_training_data(cfg.data, args.data_dir)  # a wrong data folder or file creates no workspace
     dist.init()  # no-op unless launched by accelerate/torchrun
     with writing(Workspace.at(args.workspace or cfg.workspace), "train"):
-        return _train(args, cfg, members)
+        return _train(args, cfg, members, loaded)
 
 
-def _train(args: argparse.Namespace, cfg: RunConfig, members: list) -> int:
+def _train(args: argparse.Namespace, cfg: RunConfig, members: list, loaded: tuple) -> int:
     with dist.main_first():  # only the main process writes folds.csv; the others read it
-        prep = prepare(cfg, args.data_dir, args.workspace, force_folds=args.force_folds)
+        prep = prepare(cfg, args.data_dir, args.workspace, force_folds=args.force_folds, loaded=loaded)
     if dist.is_main():
         log_to_workspace(prep.workspace, "train")
         save_resolved_config(prep.workspace, cfg)
     folds = [int(k) for k in args.folds.split(",")] if args.folds else None
     if args.executor == "ray" and dist.is_distributed():
-        raise SystemExit("--executor ray schedules whole jobs; launch it once, not under accelerate/torchrun")
+        raise ConfigError("--executor ray schedules whole jobs; launch it once, not under accelerate/torchrun")
     if args.executor == "ray":
         options = RayOptions(args.ray_address, args.ray_gpus, args.ray_cpus, args.max_retries)
         results = run_ray(members, prep, folds, options)

@@ -141,6 +141,17 @@ def honest_choice(table: pd.DataFrame | None, spec: dict) -> tuple[str, float | 
     return chosen, float(score) if score is not None else None
 
 
+def methods_shown(table: pd.DataFrame) -> pd.DataFrame:
+    """The blend table as report.md and report.html show it: best nested score first, traits by name, and no
+    nested_std column when it is all zeros (one repeat of fixed folds has no spread)."""
+    cols = [c for c in ["name", "kind", "in_sample", "nested", "nested_std", *[f"nested_{t}" for t in TARGETS],
+                        "seconds"] if c in table.columns]
+    if "nested_std" in cols and not (table["nested_std"].fillna(0) > 0).any():
+        cols.remove("nested_std")
+    shown = table[cols].rename(columns={f"nested_{t}": t for t in TARGETS})
+    return shown.sort_values("nested", kind="stable") if "nested" in shown else shown
+
+
 def explain_blend(blend_dir: Path, spec: dict) -> tuple[str, pd.DataFrame] | None:
     """What the fitted blend exposes about where its weight goes, as (title, rows x traits)."""
     members = list(spec.get("members", []))

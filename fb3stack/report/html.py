@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 
 from fb3stack import __version__
-from fb3stack.constants import TARGETS, TEXT_COL
+from fb3stack.constants import TEXT_COL
 from fb3stack.io import write_text
 from fb3stack.report import figures
-from fb3stack.report.gather import ReportData, format_seconds, headline
+from fb3stack.report.gather import ReportData, format_seconds, headline, methods_shown
 
 logger = logging.getLogger(__name__)
 
@@ -124,14 +124,10 @@ def build(data: ReportData) -> str:
                 "are nested-CV scores with their spread over repeats. Only the nested score is honest; a big gap "
                 f"means the method overfits the OOF rows. {honest_note}The red dotted line is the best single "
                 "member: a method right of it is worse than not blending.", "The blend table has no methods.")
-        cols = [c for c in ["name", "kind", "in_sample", "nested", "nested_std", *[f"nested_{t}" for t in TARGETS],
-                            "seconds"] if c in b.table.columns]
-        if "nested_std" in cols and not (b.table["nested_std"].fillna(0) > 0).any():
-            cols.remove("nested_std")  # one repeat of fixed folds: no spread to show
-        shown = b.table[cols].rename(columns={f"nested_{t}": t for t in TARGETS})
+        shown = methods_shown(b.table)
         if "seconds" in shown:
             shown = shown.assign(seconds=shown["seconds"].map(lambda v: f"{v:.2f}"))
-        s.append(table(shown.sort_values("nested", kind="stable"),
+        s.append(table(shown,
                        highlight=lambda r: str(r["name"]) in (b.chosen, b.honest_name), digits=5))
 
     pred, who = None, ""

@@ -5,12 +5,12 @@
     DIR/models/<member>/   config.yaml + every fold's model files (checkpoints, tokenizers, sklearn/LightGBM), and
                            what the folds share (a transformer's frozen layers, once: shared/)
     DIR/blend/             the fitted blend (spec.json, saved stacker)
-    DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM for embed-svr)
+    DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM of an `embed` member)
     DIR/wheels/            the fb3stack wheel and the wheels a Kaggle image lacks
     DIR/README.md          the two lines that predict from it
 
     pip install --no-index --find-links DIR/wheels fb3stack
-    fb3stack predict --bundle DIR --test test.csv --out submission.csv
+    fb3stack predict --bundle DIR --test test.csv --out /kaggle/working/submission.csv
 
 Only a blend whose members are unchanged since it was fitted is bundled (the same check as `predict`), and
 the members' seals (files.json) and manifests travel along, so `predict --bundle` verifies every file and
@@ -31,10 +31,11 @@ from pathlib import Path
 
 from fb3stack import __version__
 from fb3stack.base.runner import SavedMember, build_member
-from fb3stack.config import to_dict
-from fb3stack.io import atomic_dir, write_json, write_text
+from fb3stack.config import ConfigError, load_yaml, to_dict
+from fb3stack.io import atomic_dir, read_json, umask_permissions, write_json, write_text, write_yaml
 from fb3stack.submit.predict import PredictSources, check_blend, load_member
-from fb3stack.workspace import PREDICT_UNUSED
+from fb3stack.submit.versions import library_versions
+from fb3stack.workspace import PREDICT_UNUSED, seal_folder
 
 logger = logging.getLogger(__name__)
 
@@ -82,16 +83,24 @@ def build_wheels(dest: Path, extra: tuple[str, ...] = EXTRA_WHEELS) -> list[str]
     return sorted(p.name for p in dest.glob("*.whl"))
 
 
+def check_out(workspace: Path, out: str | os.PathLike) -> Path:
+    """The bundle folder, refused inside the workspace it copies (it would copy itself next time)."""
+    out = Path(out).expanduser().resolve()
+    if out == workspace or workspace in out.parents:
+        raise ConfigError(f"--out {out} is inside the workspace; choose a folder outside it")
+    return out
+
+
 def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str | None = None,
                 wheels: bool = True) -> Path:
     from fb3stack.blend import load_fitted_blend
 
     sources = PredictSources.from_workspace(workspace, blend)
+    out = check_out(sources.models_root.parent, out)
     expected = check_blend(sources.blend_dir)
     fitted = load_fitted_blend(sources.blend_dir)
     # every member verified (seals, content hash == the blend's record) before anything is copied
     hashes = {name: load_member(sources, name, expected.get(name))[1] for name in fitted.members}
-    out = Path(out)
     with atomic_dir(out) as tmp:
         paths: dict[str, str] = {}
         for name in fitted.members:
@@ -116,26 +125,66 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
                     shutil.copytree(folder, tmp / rel, ignore=shutil.ignore_patterns("*.onnx", "openvino*", "*.h5"))
                 paths[spec] = rel
         shutil.copytree(sources.blend_dir, tmp / "blend")
+        portable_blend(tmp / "blend")
         wheel_names = build_wheels(tmp / "wheels") if wheels else []
+        versions = library_versions()
         write_json(tmp / "bundle.json", {
             "fb3stack_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "blend": sources.blend_dir.name, "members": list(fitted.members), "member_hashes": hashes,
             "paths": paths, "wheels": wheel_names,
+            # the libraries its pickles and checkpoints were written with; predict compares them with the image's
+            "versions": versions,
         })
-        write_text(tmp / "README.md", BUNDLE_README.format(members=", ".join(fitted.members)))
+        write_text(tmp / "README.md", bundle_readme(fitted.members, versions))
+        umask_permissions(tmp)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     logger.info("bundle written to %s (%.1f MB, members: %s)", out, size / 2**20, fitted.members)
     return out
 
 
-BUNDLE_README = """# fb3stack offline bundle
+def portable_blend(blend_dir: Path) -> None:
+    """Leave no path of the training machine in the bundled blend: the OOF files it was fitted on become
+    bundle-relative names (their content is recorded by hash in the manifest), the config's source its file name.
+    The folder is sealed again, so predict still verifies every file of it."""
+    spec = read_json(blend_dir / "spec.json")
+    spec["member_files"] = [f"models/{name}/oof.parquet" for name in spec.get("members", [])]
+    write_json(blend_dir / "spec.json", spec)
+    if (blend_dir / "config.yaml").is_file():
+        cfg = load_yaml(blend_dir / "config.yaml")
+        cfg["source"] = Path(cfg["source"]).name if cfg.get("source") else None
+        cfg["data_dir"] = None
+        write_yaml(blend_dir / "config.yaml", cfg)
+    seal_folder(blend_dir)
 
-Members: {members}. Everything needed to predict is in this folder; no network is used.
+
+KAGGLE_DATA = "/kaggle/input/feedback-prize-english-language-learning"
+
+
+def bundle_readme(members: list[str], versions: dict[str, str | None]) -> str:
+    """The bundle's README: how to predict on Kaggle, writing to /kaggle/working (the bundle is read-only there),
+    and which libraries the image must already have, since the bundle does not ship them."""
+    libs = [f"{name} {v}" for name, v in versions.items() if v is not None]
+    return f"""# fb3stack offline bundle
+
+Members: {", ".join(members)}. Everything fb3stack needs to predict is in this folder; no network is used, and
+nothing is written into it (it may be read-only, as an attached Kaggle dataset is).
+
+The notebook image must already have the libraries the model files were written with (the bundle does not ship
+them): {", ".join(libs)} (torch and transformers only for members on a neural backbone).
+`fb3stack predict` compares them with the image's, warns on a difference and refuses another major version
+(`bundle.json`, `versions`).
+
+In a Kaggle notebook with this folder attached as a dataset (`/kaggle/input/<this-bundle>`):
 
 ```bash
-pip install --no-index --find-links wheels fb3stack
-HF_HUB_OFFLINE=1 fb3stack predict --bundle . --test /kaggle/input/feedback-prize-english-language-learning/test.csv \\
-    --sample-submission /kaggle/input/feedback-prize-english-language-learning/sample_submission.csv \\
-    --out submission.csv
+pip install --no-index --find-links /kaggle/input/<this-bundle>/wheels fb3stack
+cd /kaggle/working
+fb3stack predict --bundle /kaggle/input/<this-bundle> \\
+    --test {KAGGLE_DATA}/test.csv \\
+    --sample-submission {KAGGLE_DATA}/sample_submission.csv \\
+    --out /kaggle/working/submission.csv
 ```
+
+Cached member predictions go to the system's temporary folder (`--cache DIR` to choose), never into the bundle
+or /kaggle/working.
 """

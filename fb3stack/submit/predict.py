@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,20 @@ import numpy as np
 import pandas as pd
 
 from fb3stack.base.runner import SavedMember
+from fb3stack.config import ConfigError
 from fb3stack.constants import ID_COL, SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
-from fb3stack.data import DataError, fingerprint, load_sample_submission, load_test
-from fb3stack.io import load_npz_checked, read_json, save_npz_checked, write_csv
+from fb3stack.data import check_same_ids, fingerprint, load_sample_submission, load_test
+from fb3stack.io import check_writable, load_npz_checked, read_json, save_npz_checked, write_csv
 from fb3stack.progress import progress
-from fb3stack.workspace import CorruptArtefactError, StaleArtefactError, find_blend, read_manifest, verify_folder
+from fb3stack.workspace import (
+    CorruptArtefactError,
+    MissingArtefactError,
+    StaleArtefactError,
+    Workspace,
+    find_blend,
+    read_manifest,
+    verify_folder,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,19 +51,44 @@ class PredictSources:
     blend_dir: Path
     cache_root: Path  # where per-member test predictions are cached
     path_map: dict[str, str]  # config values to rewrite (bundle: backbone specs -> bundled folders)
+    blend_name: str = ""  # the blend's own name (a bundle keeps it in bundle/blend/)
+
+    def __post_init__(self) -> None:
+        self.blend_name = self.blend_name or self.blend_dir.name
 
     @classmethod
-    def from_workspace(cls, workspace: str | os.PathLike, blend: str | None = None) -> PredictSources:
-        root = Path(workspace)
-        return cls(root / "models", find_blend(root, blend), root / "predictions", {})
+    def from_workspace(cls, workspace: str | os.PathLike, blend: str | None = None,
+                       cache_root: str | os.PathLike | None = None) -> PredictSources:
+        root = Workspace.existing(workspace).root
+        cache = Path(cache_root) if cache_root else root / "predictions"
+        return cls(root / "models", find_blend(root, blend), cache, {})
 
     @classmethod
     def from_bundle(cls, bundle: str | os.PathLike, cache_root: str | os.PathLike | None = None) -> PredictSources:
-        root = Path(bundle).resolve()
+        """A bundle is read as it is, never written: it is often a read-only dataset (/kaggle/input/...), so the
+        prediction cache defaults to a folder of this user's under the system's temporary folder."""
+        from fb3stack.submit.versions import check_versions
+
+        root = Path(bundle).expanduser().resolve()
+        if not (root / "bundle.json").is_file():
+            raise MissingArtefactError(f"{root}: not a bundle (no bundle.json); pass the folder `fb3stack bundle "
+                                       "--out` made (--bundle)")
         meta = read_json(root / "bundle.json")
+        check_versions(meta.get("versions") or {}, f"bundle {root}")
         path_map = {spec: str(root / rel) for spec, rel in meta.get("paths", {}).items()}
-        cache = Path(cache_root) if cache_root else root / "predictions"
-        return cls(root / "models", root / "blend", cache, path_map)
+        cache = Path(cache_root) if cache_root else default_cache()
+        return cls(root / "models", root / "blend", cache, path_map, str(meta.get("blend") or "blend"))
+
+
+def default_cache() -> Path:
+    """Where `predict --bundle` caches member predictions unless --cache says: writable, outside the bundle and
+    outside the submission's folder (on Kaggle everything in /kaggle/working becomes the notebook's output)."""
+    uid = getattr(os, "getuid", lambda: None)()
+    home = Path(tempfile.gettempdir()) / f"fb3stack-{uid if uid is not None else 'user'}"
+    home.mkdir(mode=0o700, exist_ok=True)
+    if uid is not None and home.stat().st_uid != uid:  # a shared /tmp: someone else's folder could plant predictions
+        raise ConfigError(f"{home} belongs to another user; pass --cache DIR for the prediction cache")
+    return home / "predictions"
 
 
 def _rewrite(value: object, path_map: dict[str, str]) -> object:
@@ -82,7 +117,8 @@ def load_member(sources: PredictSources, name: str, expected: str | None) -> tup
     was fitted on. Returns the member (backbone paths rewritten for a bundle) and its content hash."""
     model_dir = sources.models_root / name
     if not (model_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{model_dir}: member '{name}' of the blend has no saved model")
+        raise MissingArtefactError(f"{model_dir}: member '{name}' of blend '{sources.blend_name}' has no saved model; "
+                                   "train it (fb3stack train / run) or refit the blend without it")
     saved = SavedMember.load(model_dir)
     actual = saved.verify()  # before any path rewrite: the hash covers the config as trained
     if expected is None:
@@ -105,9 +141,11 @@ def member_predictions(sources: PredictSources, members: list[str], test: pd.Dat
     resumes and a retrained member is never served the old model's predictions."""
     expected = check_blend(sources.blend_dir) if expected is None else expected
     cache = sources.cache_root / fingerprint(test[[ID_COL, TEXT_COL]])[:16]
+    # every member found and verified before the first one predicts: a missing or damaged one costs seconds
+    loaded = [load_member(sources, name, expected.get(name)) for name in members]
     out = []
-    for name in progress(members, desc="predict test essays", unit="member"):
-        saved, content = load_member(sources, name, expected.get(name))
+    bar = progress(list(zip(members, loaded)), desc=f"predict {len(test)} essays: members done", unit="member")
+    for name, (saved, content) in bar:
         path = cache / f"{name}-{content[:16]}.npz"
         cached = load_npz_checked(path)
         if cached is not None and cached.get("preds", np.empty(0)).shape == (len(test), len(TARGETS)):
@@ -125,31 +163,50 @@ def member_predictions(sources: PredictSources, members: list[str], test: pd.Dat
     return out
 
 
-def order_like_sample(sub: pd.DataFrame, sample_path: str | os.PathLike | None) -> pd.DataFrame:
-    """Rows and columns in the order of sample_submission.csv when it is given and has the same ids."""
-    if sample_path is None or not Path(sample_path).is_file():
+def order_like_sample(sub: pd.DataFrame, sample: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows and columns in the order of sample_submission.csv (its ids were checked against the test file)."""
+    if sample is None:
         return sub
-    sample = load_sample_submission(sample_path)
-    if set(sample[ID_COL]) != set(sub[ID_COL]):
-        raise DataError(
-            f"ids differ from the test file ({len(set(sample[ID_COL]) ^ set(sub[ID_COL]))} not shared)",
-            file=sample_path, column=ID_COL,
-        )
     return sub.set_index(ID_COL).loc[sample[ID_COL]].reset_index()[list(sample.columns)]
 
 
+@dataclass
+class TestInputs:
+    """The essays to predict and the sample submission to follow, checked against each other."""
+
+    test: pd.DataFrame
+    sample: pd.DataFrame | None
+
+
+def check_inputs(test_path: str | os.PathLike, out_path: str | os.PathLike,
+                 sample_path: str | os.PathLike | None = None) -> TestInputs:
+    """Everything about the files that needs no model: the test file, the sample submission's ids against it,
+    and that the output can be written. Seconds, before any member is loaded."""
+    test = load_test(test_path)
+    sample = load_sample_submission(sample_path) if sample_path is not None else None
+    if sample is not None:
+        check_same_ids(sample, test, sample_path, test_path)
+    check_writable(out_path)
+    return TestInputs(test, sample)
+
+
 def predict_submission(sources: PredictSources, test_path: str | os.PathLike, out_path: str | os.PathLike,
-                       sample_path: str | os.PathLike | None = None) -> pd.DataFrame:
+                       sample_path: str | os.PathLike | None = None, inputs: TestInputs | None = None
+                       ) -> pd.DataFrame:
+    """The checks that need no model first (`check_inputs`, unless already done; the blend and each member's
+    files), then the members predict, then the blend."""
     from fb3stack.blend import load_fitted_blend
 
-    test = load_test(test_path)
+    inputs = inputs or check_inputs(test_path, out_path, sample_path)
+    test = inputs.test
     expected = check_blend(sources.blend_dir)  # before the blend's pickle is loaded
     blend = load_fitted_blend(sources.blend_dir)
     preds = member_predictions(sources, list(blend.members), test, expected)
     final = np.clip(blend.predict(preds, test), SCORE_MIN, SCORE_MAX)
     sub = pd.DataFrame(final, columns=list(TARGETS))
     sub.insert(0, ID_COL, test[ID_COL].to_numpy())
-    sub = order_like_sample(sub, sample_path)
+    sub = order_like_sample(sub, inputs.sample)
     write_csv(out_path, sub)
-    logger.info("wrote %s (%d essays, blend %s of %s)", out_path, len(sub), sources.blend_dir.name, blend.members)
+    logger.info("wrote %s (%d essays, blend '%s' of %s)", out_path, len(sub), sources.blend_name,
+                ", ".join(blend.members))
     return sub

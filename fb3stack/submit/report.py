@@ -12,7 +12,7 @@ import pandas as pd
 
 from fb3stack.constants import TARGETS
 from fb3stack.io import read_json, write_json, write_text
-from fb3stack.report.gather import TIMINGS_FILE, gather, headline
+from fb3stack.report.gather import TIMINGS_FILE, gather, headline, methods_shown
 from fb3stack.report.markdown import markdown_table
 from fb3stack.workspace import Workspace
 
@@ -29,14 +29,17 @@ def member_table(ws: Workspace, names: list[str] | None = None) -> pd.DataFrame:
         seconds = sum(f.get("seconds", 0.0) for f in m.get("folds", []))
         rows.append({"member": name, "kind": m.get("kind"), "MCRMSE": m["mcrmse"], **m["rmse"],
                      "train_s": round(seconds, 1)})
-    return pd.DataFrame(rows, columns=["member", "kind", "MCRMSE", *TARGETS, "train_s"])
+    # best first, as report.html lists them
+    return pd.DataFrame(rows, columns=["member", "kind", "MCRMSE", *TARGETS, "train_s"]).sort_values(
+        "MCRMSE", kind="stable")
 
 
-def _markdown(df: pd.DataFrame) -> str:
-    """Scores to 4 decimals, seconds (`*_s` columns) to 1."""
+def _markdown(df: pd.DataFrame, digits: int = 4) -> str:
+    """Scores to `digits` decimals, seconds (`*_s` and `seconds` columns) to 1."""
     cols = list(df.columns)
-    return markdown_table(cols, ([(f"{v:.1f}" if c.endswith("_s") else f"{v:.4f}") if isinstance(v, float) else v
-                                  for c, v in zip(cols, row)] for _, row in df.iterrows()))
+    return markdown_table(cols, ([(f"{v:.1f}" if c.endswith("_s") or c == "seconds" else f"{v:.{digits}f}")
+                                  if isinstance(v, float) else v for c, v in zip(cols, row)]
+                                 for _, row in df.iterrows()))
 
 
 def write_report(ws: Workspace, blend_dir: Path | None, submission: Path | None, timings: dict[str, float],
@@ -55,11 +58,11 @@ def write_report(ws: Workspace, blend_dir: Path | None, submission: Path | None,
     if blend_dir is not None and (blend_dir / "spec.json").is_file():
         spec = read_json(blend_dir / "spec.json")
         parts += [f"## Second layer: blend `{blend_dir.name}`", ""]
-        if (blend_dir / "table.md").is_file():
-            parts += [("Every method, in-sample vs nested CV (in-sample scores flatter; the chosen method's nested "
-                       "score flatters a little too, since it won among many: the honest estimate is the "
-                       "selected-by-inner-CV row, which scores the choice itself):"), "",
-                      (blend_dir / "table.md").read_text(encoding="utf-8").strip(), ""]
+        if data.blend is not None and data.blend.table is not None:
+            parts += [("Every method, in-sample vs nested CV, best nested first (in-sample scores flatter; the "
+                       "chosen method's nested score flatters a little too, since it won among many: the honest "
+                       "estimate is the selected-by-inner-CV row, which scores the choice itself):"), "",
+                      spec.get("honest_note", ""), "", _markdown(methods_shown(data.blend.table), digits=5), ""]
         parts += ["Chosen blend (spec.json):", "", "```json", json.dumps(spec, indent=2)[:6000], "```", ""]
     if submission is not None:
         parts += [f"Submission: `{submission}`", ""]
