@@ -54,7 +54,9 @@ from fb3stack.workspace import (
     PREDICT_UNUSED,
     CorruptArtefactError,
     Prepared,
+    StaleArtefactError,
     folder_digest,
+    imported_members,
     read_manifest,
     seal_folder,
     stale_reasons,
@@ -198,6 +200,12 @@ def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
         if not reasons:
             _record_execution_settings(cfg, model_dir)
             return model_dir
+        source = imported_members(prep.workspace.root).get(cfg.name, {}).get("source")
+        if source:  # trained elsewhere (fb3stack import): never replaced by a retrain here
+            raise StaleArtefactError(
+                f"member '{cfg.name}' was imported from {source} and does not match this zoo's entry "
+                f"({'; '.join(reasons)}); it is not retrained here. Leave it out of the zoo YAML (the blend still "
+                "names it), or give it the settings it was trained with")
         archive = _move_aside(model_dir, model_dir.parent / ".stale", cfg.name)
         logger.warning("%s is stale (%s); moved to %s and retraining", model_dir, "; ".join(reasons), archive)
     model_dir.mkdir(parents=True, exist_ok=True)

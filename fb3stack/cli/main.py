@@ -16,7 +16,7 @@ from fb3stack.workspace import CorruptArtefactError, StaleArtefactError, Workspa
 logger = logging.getLogger("fb3stack")
 
 # command modules in fb3stack.cli; each has register(subparsers) setting `func` on its parser
-COMMANDS = ["check_data", "folds", "train", "blend", "predict", "run", "bundle", "report", "status"]
+COMMANDS = ["check_data", "folds", "train", "import_", "blend", "predict", "run", "bundle", "report", "status"]
 
 
 def build_parser() -> argparse.ArgumentParser:

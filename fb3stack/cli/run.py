@@ -25,7 +25,7 @@ from fb3stack.constants import ID_COL
 from fb3stack.data import DataError, load_sample_submission, load_test
 from fb3stack.submit.predict import PredictSources, predict_submission
 from fb3stack.submit.report import run_summary, write_report
-from fb3stack.workspace import Workspace, load_training_data, prepare
+from fb3stack.workspace import Workspace, imported_members, load_training_data, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +65,10 @@ class Checked:
     sample_path: Path | None
 
 
-def check_blend_members(blend_cfg, members: list[MemberConfig], where: str) -> None:
-    names = {m.name for m in members}
+def check_blend_members(blend_cfg, members: list[MemberConfig], where: str, imported: frozenset[str] = frozenset()
+                        ) -> None:
+    """The blend's members are zoo members, members imported into the workspace (`fb3stack import`) or OOF files."""
+    names = {m.name for m in members} | imported
     for i, spec in enumerate(blend_cfg.members):
         if spec in names or any(ch in spec for ch in "*?["):
             continue
@@ -86,7 +88,7 @@ def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
     blend_cfg = zoo_blend_config(cfg)
     where = f"{blend_cfg.source}:" if isinstance(cfg.blend, str) else f"{cfg.source}:blend."
     build_methods(blend_cfg, where)
-    check_blend_members(blend_cfg, members, where)
+    check_blend_members(blend_cfg, members, where, frozenset(imported_members(args.workspace or cfg.workspace)))
     data_dir, train = load_training_data(cfg.data, args.data_dir)
     test_path = Path(args.test) if args.test else data_dir / cfg.data.test_file
     test = load_test(test_path)
