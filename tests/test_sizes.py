@@ -90,3 +90,15 @@ def test_dry_run_offline_refuses_like_run_but_still_prints_sizes(tmp_path, fb3_d
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # online, run would download it: no refusal
     assert main(["train", str(zoo), "--dry-run"]) == 0
     assert "hub download" in capsys.readouterr().out
+
+
+def test_dry_run_refuses_a_blend_run_would_refuse(tmp_path, fb3_dir, capsys):
+    zoo = yaml.safe_load(_zoo(tmp_path, "microsoft/deberta-v3-base", fb3_dir).read_text())
+    zoo["blend"] = {"name": "b", "members": ["tiny-v3", "ghost"], "methods": [{"name": "mean", "kind": "mean"}]}
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(zoo))
+    assert main(["train", str(tmp_path / "zoo.yaml"), "--dry-run", "--only", "tiny-v3"]) == 2
+    err = capsys.readouterr().err
+    assert "run would refuse: blend:" in err and "'ghost'" in err
+    zoo["blend"]["members"] = ["tiny-v3", "tfidf-ridge"]  # --only does not hide the zoo's other members
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(zoo))
+    assert main(["train", str(tmp_path / "zoo.yaml"), "--dry-run", "--only", "tiny-v3"]) == 0

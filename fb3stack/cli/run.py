@@ -77,18 +77,25 @@ def check_blend_members(blend_cfg, members: list[MemberConfig], where: str, impo
                               "OOF file")
 
 
-def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
-    """Configs first (seconds), then the data files; raises ConfigError / DataError naming what is wrong."""
+def check_zoo_blend(cfg: RunConfig, members: list[MemberConfig], workspace: str | Path):  # -> BlendConfig
+    """The zoo's blend config with every method constructed and every member known (a zoo member, one imported
+    into the workspace, or an OOF file); ConfigError naming the file and key otherwise."""
     from fb3stack.blend.run import build_methods
 
+    blend_cfg = zoo_blend_config(cfg)
+    where = f"{blend_cfg.source}:" if isinstance(cfg.blend, str) else f"{cfg.source}:blend."
+    build_methods(blend_cfg, where)
+    check_blend_members(blend_cfg, members, where, frozenset(imported_members(workspace)))
+    return blend_cfg
+
+
+def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
+    """Configs first (seconds), then the data files; raises ConfigError / DataError naming what is wrong."""
     members = resolve_members(cfg)
     if cfg.blend is None:
         raise ConfigError(f"{args.config}: the zoo config needs a 'blend' (a blend YAML path or mapping)")
     check_backbones(members)
-    blend_cfg = zoo_blend_config(cfg)
-    where = f"{blend_cfg.source}:" if isinstance(cfg.blend, str) else f"{cfg.source}:blend."
-    build_methods(blend_cfg, where)
-    check_blend_members(blend_cfg, members, where, frozenset(imported_members(args.workspace or cfg.workspace)))
+    blend_cfg = check_zoo_blend(cfg, members, args.workspace or cfg.workspace)
     data_dir, train = load_training_data(cfg.data, args.data_dir)
     test_path = Path(args.test) if args.test else data_dir / cfg.data.test_file
     test = load_test(test_path)

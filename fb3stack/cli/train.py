@@ -55,14 +55,14 @@ def load_train_config(path: str, overrides: list[str]) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
-    members = resolve_members(cfg)
+    members = every = resolve_members(cfg)
     if args.only:
         unknown = set(args.only) - {m.name for m in members}
         if unknown:
             raise SystemExit(f"--only names unknown member(s) {sorted(unknown)}; have {[m.name for m in members]}")
         members = [m for m in members if m.name in args.only]
     if args.dry_run:
-        return dry_run(members, cfg, args)
+        return dry_run(members, cfg, args, every)
     dist.init()  # no-op unless launched by accelerate/torchrun
     with writing(Workspace.at(args.workspace or cfg.workspace), "train"):
         return _train(args, cfg, members)
@@ -87,12 +87,20 @@ def _train(args: argparse.Namespace, cfg: RunConfig, members: list) -> int:
     return 0
 
 
-def dry_run(members: list, cfg: RunConfig, args: argparse.Namespace) -> int:
+def dry_run(members: list, cfg: RunConfig, args: argparse.Namespace, every: list) -> int:
     """Build every member (transformers on the meta device), say where each backbone comes from, then the
-    checkpoint sizes and the work; exit 2 when `run` would refuse (a backbone or the data missing here)."""
+    checkpoint sizes and the work; exit 2 when `run` would refuse (a backbone, the zoo's blend config or the
+    data). `every`: all the zoo's members (the blend is checked against them, whatever --only picks)."""
     from fb3stack.base.runner import backbone_status, build_member
+    from fb3stack.cli.run import check_zoo_blend
+    from fb3stack.config import ConfigError
 
     refused = []
+    if cfg.blend is not None:
+        try:
+            check_zoo_blend(cfg, every, args.workspace or cfg.workspace)
+        except (ConfigError, ValueError) as err:
+            refused.append(f"blend: {err}")
     statuses = backbone_status(members)
     described: dict[str, dict] = {}
     for m in members:
