@@ -10,7 +10,7 @@ import pytest
 import yaml
 from helpers_tiny_deberta import build_hub_like_deberta_v3
 
-from fb3stack.base.sizes import MEASURED, checkpoint_size, match_gpu, measured_throughput
+from fb3stack.base.sizes import MEASURED, checkpoint_size, match_gpu, measured_throughput, member_arch
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.cli.main import main
 
@@ -44,6 +44,8 @@ def test_time_only_for_a_measured_shape():
                               gradient_checkpointing=True)
     assert match_gpu("H100") == match_gpu("NVIDIA H100 80GB HBM3") is not None
     assert measured_throughput("H100", large, "deberta-v3-large").tokens_per_s == 3736
+    assert member_arch(TransformerConfig(**{**vars(large), "backbone": "microsoft/deberta-v3-large"})) == \
+        "deberta-v3-large"
     assert measured_throughput("T4", large, "deberta-v3-large") is None  # no T4 measured
     assert measured_throughput("H100", large, "deberta-v2-xlarge") is None
     longer = TransformerConfig(**{**vars(large), "max_len": 1536})

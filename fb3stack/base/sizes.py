@@ -83,10 +83,16 @@ MEASURED = (
 NATIVE_BF16 = {H100: True}  # compute capability >= 8.0, what `amp: auto` looks at
 
 
-def known_arch(config: object) -> str | None:
-    """The known hub architecture a backbone config has (width, depth, vocabulary), e.g. for a local copy."""
+def member_arch(cfg: MemberConfig) -> str | None:
+    """The known hub architecture (width, depth, vocabulary) of a transformer member's backbone, whether named
+    by hub name or a local copy; None when it is none of them or cannot be read here."""
+    from fb3stack.base.transformer.backbone import architecture_config
     from fb3stack.base.transformer.known import KNOWN_CONFIGS
 
+    try:
+        config = architecture_config(cfg)
+    except (ValueError, OSError):
+        return None
     keys = ("hidden_size", "num_hidden_layers", "intermediate_size", "vocab_size")
     for name, known in KNOWN_CONFIGS.items():
         if all(getattr(config, k, None) == known.get(k) for k in keys):

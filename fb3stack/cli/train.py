@@ -135,8 +135,11 @@ def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> No
     n_folds, rows, total, backbones = cfg.folds.n_folds, [], 0, {}
     for m in members:
         d = described[m.name]
-        for spec, folder in _backbone_folders(backbone_folders, to_dict(m)).items():
-            backbones[spec] = copied_bytes(folder, BACKBONE_SKIP)
+        try:
+            found = backbone_folders(to_dict(m))
+        except FileNotFoundError:  # a missing backbone is reported with the refusals
+            found = {}
+        backbones.update({spec: copied_bytes(folder, BACKBONE_SKIP) for spec, folder in found.items()})
         if "n_params" not in d:
             rows.append({"member": m.name, "params": "", "per fold": "not estimated"})
             continue
@@ -156,22 +159,13 @@ def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> No
           + f" = {human_bytes(total + extra)}, plus the wheels (a few MB)")
 
 
-def _backbone_folders(find, config: dict) -> dict:
-    """Backbone folders the bundle would copy for this config; ones missing here are reported elsewhere."""
-    try:
-        return find(config)
-    except FileNotFoundError:
-        return {}
-
-
 def print_work(members: list, described: dict[str, dict], statuses: list, cfg: RunConfig,
                args: argparse.Namespace) -> list[str]:
     """(member, fold) jobs, epochs, training tokens per fold and time where measured; returns refusals."""
     import numpy as np
 
-    from fb3stack.base.sizes import known_arch, match_gpu, measured_throughput, token_lengths
-    from fb3stack.base.transformer.backbone import architecture_config
-    from fb3stack.constants import FOLD_COL, TEXT_COL
+    from fb3stack.base.sizes import match_gpu, measured_throughput, member_arch, token_lengths
+    from fb3stack.constants import FOLD_COL, ID_COL, TEXT_COL
     from fb3stack.data import DATA_ENV, DataError
     from fb3stack.folds import make_folds, read_folds
     from fb3stack.workspace import load_training_data
@@ -186,7 +180,7 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
         print(f"work: not computed ({err})")
         named = args.data_dir or os.environ.get(DATA_ENV) or cfg.data.data_dir
         return [f"training data: {err}"] if named else []  # none named: a plan made away from the data
-    fold_of = train[["text_id"]].merge(folds, on="text_id")[FOLD_COL].to_numpy()
+    fold_of = train[[ID_COL]].merge(folds, on=ID_COL)[FOLD_COL].to_numpy()
     n_folds = int(fold_of.max()) + 1
     gpu = args.gpu or _this_gpu()
     texts = train[TEXT_COL].tolist()
@@ -200,7 +194,7 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
                         if s.key.startswith(f"members.{m.name}."))
         lengths, how = token_lengths(m, texts, available)
         per_fold = [lengths[fold_of != k].sum() * m.epochs for k in range(n_folds)]
-        thr = measured_throughput(gpu, m, _arch(architecture_config, known_arch, m))
+        thr = measured_throughput(gpu, m, member_arch(m))
         seconds = [t / thr.tokens_per_s for t in per_fold] if thr else None
         rows.append({**row, "epochs": m.epochs, "essays/fold": int(np.mean([(fold_of != k).sum()
                                                                             for k in range(n_folds)])),
@@ -215,13 +209,6 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
           "evaluation, no adversarial second pass)")
     print(text_table(rows))
     return []
-
-
-def _arch(architecture_config, known_arch, m) -> str | None:  # noqa: ANN001 - lazily imported helpers
-    try:
-        return known_arch(architecture_config(m))
-    except (ValueError, OSError):
-        return None
 
 
 def _this_gpu() -> str | None:
