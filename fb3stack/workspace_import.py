@@ -17,7 +17,6 @@ no longer matches it is refused, not retrained (it was trained elsewhere).
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import fcntl
 import logging
 import os
@@ -66,9 +65,8 @@ def link_or_copy(src: Path, dest: Path) -> str:
     try:
         os.link(src, dest)
         return "linked"
-    except OSError as err:
-        if err.errno not in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EMLINK, errno.ENOTSUP):
-            raise
+    except OSError as err:  # another filesystem (EXDEV), protected_hardlinks (EPERM), too many links ...
+        logger.debug("%s: no hard link (%s)", src, err)
     try:
         with open(src, "rb") as fin, open(dest, "wb") as fout:
             fcntl.ioctl(fout.fileno(), FICLONE, fin.fileno())

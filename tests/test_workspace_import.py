@@ -114,3 +114,24 @@ def test_import_refuses_other_data_and_two_members_of_one_name(trained, fb3_dir,
     assert main(["import", "--workspace", str(tmp_path / "w2"), str(trained["b"]), str(trained["d"])]) == 2
     assert "two sources have a member 'features-lgbm'" in capsys.readouterr().err
     assert not (tmp_path / "w2" / "models").exists()  # refused before anything was written
+
+
+def test_link_or_copy_falls_back_when_no_hard_link_is_possible(tmp_path, monkeypatch):
+    import errno
+
+    from fb3stack import workspace_import
+
+    src = tmp_path / "model.bin"
+    src.write_bytes(b"weights" * 1000)
+    src.chmod(0o444)
+    assert workspace_import.link_or_copy(src, tmp_path / "linked.bin") == "linked"
+    assert os.stat(tmp_path / "linked.bin").st_ino == os.stat(src).st_ino
+
+    def other_filesystem(*_args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(workspace_import.os, "link", other_filesystem)
+    how = workspace_import.link_or_copy(src, tmp_path / "copy.bin")
+    assert how in ("cloned", "copied")
+    assert (tmp_path / "copy.bin").read_bytes() == src.read_bytes()
+    assert os.stat(tmp_path / "copy.bin").st_ino != os.stat(src).st_ino
