@@ -29,7 +29,7 @@ from fb3stack.config import (
 from fb3stack.constants import FOLD_COL, ID_COL, TEXT_COL
 from fb3stack.data import DataError
 from fb3stack.io import read_json, sha256_file
-from fb3stack.workspace import Prepared, StaleArtefactError, Workspace, read_manifest, stale_reasons
+from fb3stack.workspace import Prepared, StaleArtefactError, Workspace, imported_members, read_manifest, stale_reasons
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +155,7 @@ def member_status(root: Path, check: Check) -> list[dict[str, Any]]:
     configured = {m.name: m for m in check.members}
     on_disk = sorted(p.name for p in (root / "models").iterdir() if p.is_dir() and not p.name.startswith(".")) \
         if (root / "models").is_dir() else []
+    imported = imported_members(root)
     rows = []
     for name in [*configured, *[n for n in on_disk if n not in configured]]:
         model_dir = ws.model_dir(name)
@@ -162,6 +163,12 @@ def member_status(root: Path, check: Check) -> list[dict[str, Any]]:
         reasons: list[str] = []
         if not model_dir.is_dir():
             state = "missing"
+        elif cfg is None and name in imported:
+            # trained elsewhere (fb3stack import): judged on the data and folds, its config is its own
+            reasons = stale_reasons(model_dir, data_hash=check.prep.data_hash, folds_hash=check.prep.folds_hash) \
+                if check.prep is not None else []
+            state = "stale" if reasons else "" if check.prep is not None else "unknown"
+            reasons = reasons or [f"imported from {imported[name].get('source')}"]
         elif cfg is None:
             state, reasons = "extra", ["not a member of the current config"]
         elif check.prep is None:

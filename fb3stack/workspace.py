@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 SEAL = "files.json"
 LOCK = ".fb3stack.lock"
+IMPORTS = "imports.json"  # members brought in by `fb3stack import` (fb3stack.workspace_import): name -> source
 # OOF-only files that prediction never reads: a bundle leaves them out, and they are not part of a fold's
 # prediction digest (their hashes are still checked wherever they are present)
 PREDICT_UNUSED = frozenset({"embeddings.npy"})
@@ -113,6 +114,12 @@ class Workspace:
     def list_models(self) -> list[str]:
         models = self.root / "models"
         return sorted(p.name for p in models.iterdir() if (p / "oof.parquet").exists()) if models.is_dir() else []
+
+
+def imported_members(root: str | os.PathLike) -> dict[str, dict]:
+    """Members this workspace imported from others (`fb3stack import`): name -> {source, content_hash, ...}."""
+    path = Path(root) / IMPORTS
+    return read_json(path) if path.is_file() else {}
 
 
 def write_manifest(folder: str | os.PathLike, **hashes: object) -> None:

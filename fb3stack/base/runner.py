@@ -54,7 +54,9 @@ from fb3stack.workspace import (
     PREDICT_UNUSED,
     CorruptArtefactError,
     Prepared,
+    StaleArtefactError,
     folder_digest,
+    imported_members,
     read_manifest,
     seal_folder,
     stale_reasons,
@@ -115,14 +117,25 @@ def resolve_members(cfg: RunConfig) -> list[MemberConfig]:
 BACKBONE_FIELDS = ("backbone", "backbones")  # config fields naming model folders (a path, pkg: spec or hub name)
 
 
-def check_backbones(members: list[MemberConfig]) -> None:
-    """Every backbone a member names must be loadable here: a local model folder, a `pkg:` folder, or a hub
-    name already in the local cache (or downloadable: only when HF_HUB_OFFLINE is not set). Checked before
-    training, so a typo costs seconds, not the hours of the members before it."""
+@dataclass(frozen=True)
+class BackboneStatus:
+    """Where one backbone a member names comes from on this machine; `error` is why `run` would refuse it."""
+
+    key: str  # members.<name>.<field>[i]
+    spec: str
+    where: str  # local folder, pkg: package, pkgparts: packages, Hugging Face cache, hub download, missing
+    error: str | None = None
+
+
+def backbone_status(members: list[MemberConfig]) -> list[BackboneStatus]:
+    """Every backbone the members name, checked as `run` checks it: a local model folder, a `pkg:` / `pkgparts:`
+    folder, or a hub name already in the local cache (or downloadable: only when HF_HUB_OFFLINE is not set)."""
     import os
 
-    from fb3stack.base.backbones import is_backbone_spec, resolve_backbone_path
+    from fb3stack.base.backbones import PARTS_PREFIX, PKG_PREFIX, is_backbone_spec, resolve_backbone_path
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    out = []
     for m in members:
         for field_name in BACKBONE_FIELDS:
             value = getattr(m, field_name, None)
@@ -132,15 +145,32 @@ def check_backbones(members: list[MemberConfig]) -> None:
                 looks_local = (is_backbone_spec(spec) or spec.startswith(("/", ".", "~"))
                                or Path(spec).expanduser().exists())
                 if looks_local:
+                    where = ("pkg: package" if spec.startswith(PKG_PREFIX) else "pkgparts: packages"
+                             if spec.startswith(PARTS_PREFIX) else "local folder")
                     try:
                         resolve_backbone_path(spec)
+                        out.append(BackboneStatus(key, spec, where))
                     except FileNotFoundError as err:
-                        raise ConfigError(f"{key}: {err}") from err
-                elif not _in_hub_cache(spec):
-                    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-                        raise ConfigError(f"{key}: {spec!r} is neither a local model folder nor in the Hugging Face "
-                                          "cache, and HF_HUB_OFFLINE is set; point it at a local copy")
-                    logger.warning("%s: %r is not cached locally; it will be downloaded from the hub", key, spec)
+                        out.append(BackboneStatus(key, spec, "missing", str(err)))
+                elif _in_hub_cache(spec):
+                    out.append(BackboneStatus(key, spec, "Hugging Face cache"))
+                elif offline:
+                    out.append(BackboneStatus(key, spec, "missing", f"{spec!r} is neither a local model folder nor in "
+                                              "the Hugging Face cache, and HF_HUB_OFFLINE is set; point it at a local "
+                                              "copy"))
+                else:
+                    out.append(BackboneStatus(key, spec, "hub download"))
+    return out
+
+
+def check_backbones(members: list[MemberConfig]) -> None:
+    """Every backbone must be loadable here (`backbone_status`); checked before training, so a typo costs
+    seconds, not the hours of the members before it."""
+    for status in backbone_status(members):
+        if status.error:
+            raise ConfigError(f"{status.key}: {status.error}")
+        if status.where == "hub download":
+            logger.warning("%s: %r is not cached locally; it will be downloaded from the hub", status.key, status.spec)
 
 
 def _in_hub_cache(repo_id: str) -> bool:
@@ -173,6 +203,12 @@ def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
         if not reasons:
             _record_execution_settings(cfg, model_dir)
             return model_dir
+        source = imported_members(prep.workspace.root).get(cfg.name, {}).get("source")
+        if source:  # trained elsewhere (fb3stack import): never replaced by a retrain here
+            raise StaleArtefactError(
+                f"member '{cfg.name}' was imported from {source} and does not match this zoo's entry "
+                f"({'; '.join(reasons)}); it is not retrained here. Leave it out of the zoo YAML (the blend still "
+                "names it), or give it the settings it was trained with")
         archive = _move_aside(model_dir, model_dir.parent / ".stale", cfg.name)
         logger.warning("%s is stale (%s); moved to %s and retraining", model_dir, "; ".join(reasons), archive)
     model_dir.mkdir(parents=True, exist_ok=True)

@@ -51,3 +51,11 @@ def writing(ws: Workspace, command: str) -> Iterator[None]:
         return
     with workspace_lock(ws, command):
         yield
+
+
+def text_table(rows: list[dict]) -> str:
+    """Rows as a plain-text table (blank where a row has no value)."""
+    import pandas as pd
+
+    table = pd.DataFrame(rows, dtype=object)
+    return table.where(table.notna(), "").to_string(index=False)

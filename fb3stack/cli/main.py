@@ -21,7 +21,7 @@ from fb3stack.workspace import CorruptArtefactError, MissingArtefactError, Stale
 logger = logging.getLogger("fb3stack")
 
 # command modules in fb3stack.cli; each has register(subparsers) setting `func` on its parser
-COMMANDS = ["check_data", "folds", "train", "blend", "predict", "run", "bundle", "report", "status"]
+COMMANDS = ["check_data", "folds", "train", "import_", "blend", "predict", "run", "bundle", "report", "status"]
 # a user's mistake or a refused artefact: one line on stderr, exit 2, no traceback
 USER_ERRORS = (DataError, ConfigError, StaleArtefactError, CorruptArtefactError, WorkspaceBusyError,
                MissingArtefactError)

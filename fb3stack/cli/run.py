@@ -25,7 +25,7 @@ from fb3stack.data import check_same_ids, load_sample_submission, load_test
 from fb3stack.io import check_writable
 from fb3stack.submit.predict import PredictSources, predict_submission
 from fb3stack.submit.report import run_summary, write_report
-from fb3stack.workspace import Workspace, load_training_data, prepare
+from fb3stack.workspace import Workspace, imported_members, load_training_data, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +52,10 @@ class Checked:
     sample_path: Path | None
 
 
-def check_blend_members(blend_cfg, members: list[MemberConfig], where: str) -> None:
-    names = {m.name for m in members}
+def check_blend_members(blend_cfg, members: list[MemberConfig], where: str, imported: frozenset[str] = frozenset()
+                        ) -> None:
+    """The blend's members are zoo members, members imported into the workspace (`fb3stack import`) or OOF files."""
+    names = {m.name for m in members} | imported
     for i, spec in enumerate(blend_cfg.members):
         if spec in names or any(ch in spec for ch in "*?["):
             continue
@@ -62,19 +64,26 @@ def check_blend_members(blend_cfg, members: list[MemberConfig], where: str) -> N
                               "OOF file")
 
 
-def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
-    """Configs first (seconds), then the data files; raises ConfigError / DataError naming what is wrong."""
+def check_zoo_blend(cfg: RunConfig, members: list[MemberConfig], workspace: str | Path):  # -> BlendConfig
+    """The zoo's blend config with every method constructed and every member known (a zoo member, one imported
+    into the workspace, or an OOF file); ConfigError naming the file and key otherwise."""
     from fb3stack.blend.config import zoo_blend_config
     from fb3stack.blend.run import build_methods
 
+    blend_cfg = zoo_blend_config(cfg)
+    where = f"{blend_cfg.source}:" if isinstance(cfg.blend, str) else f"{cfg.source}:blend."
+    build_methods(blend_cfg, where)
+    check_blend_members(blend_cfg, members, where, frozenset(imported_members(workspace)))
+    return blend_cfg
+
+
+def validate(args: argparse.Namespace, cfg: RunConfig) -> Checked:
+    """Configs first (seconds), then the data files; raises ConfigError / DataError naming what is wrong."""
     members = resolve_members(cfg)
     if cfg.blend is None:
         raise ConfigError(f"{args.config}: the zoo config needs a 'blend' (a blend YAML path or mapping)")
     check_backbones(members)
-    blend_cfg = zoo_blend_config(cfg)
-    where = f"{blend_cfg.source}:" if isinstance(cfg.blend, str) else f"{cfg.source}:blend."
-    build_methods(blend_cfg, where)
-    check_blend_members(blend_cfg, members, where)
+    blend_cfg = check_zoo_blend(cfg, members, args.workspace or cfg.workspace)
     data_dir, train = load_training_data(cfg.data, args.data_dir)
     test_path = Path(args.test) if args.test else data_dir / cfg.data.test_file
     test = load_test(test_path)

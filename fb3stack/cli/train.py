@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from pathlib import Path
 
 from fb3stack import dist
 from fb3stack.base.executors import RayOptions, run_local, run_ray
 from fb3stack.base.runner import resolve_members
-from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config, writing
-from fb3stack.config import ConfigError, RunConfig, load_run_config, load_yaml
+from fb3stack.cli.common import add_run_options, log_to_workspace, save_resolved_config, text_table, writing
+from fb3stack.config import ConfigError, RunConfig, config_dir, load_run_config, load_yaml, resolve_path
 from fb3stack.workspace import Workspace, load_training_data, prepare
 
 logger = logging.getLogger(__name__)
@@ -29,8 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "when the cluster has GPUs, else 0)")
     p.add_argument("--ray-cpus", type=float, default=1.0, help="CPUs per job")
     p.add_argument("--max-retries", type=int, default=2, help="Ray: reruns of a job whose worker died")
-    p.add_argument("--dry-run", action="store_true", help="check every member's config and backbone, show each "
-                   "model's size, max_len and autocast; train nothing, read no data, download nothing")
+    p.add_argument("--dry-run", action="store_true", help="check every member's config and backbone (where it "
+                   "comes from here), show each model's size, max_len, autocast, checkpoint and bundle sizes, and the "
+                   "work (jobs, tokens, time where measured); train nothing, write nothing, download nothing; exit 2 "
+                   "when `run` would refuse")
+    p.add_argument("--gpu", help="--dry-run: the GPU to estimate training time for, e.g. H100 (default: this "
+                   "machine's)")
     p.set_defaults(func=run)
 
 
@@ -49,14 +55,14 @@ def load_train_config(path: str, overrides: list[str]) -> RunConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
-    members = resolve_members(cfg)
+    members = every = resolve_members(cfg)
     if args.only:
         unknown = set(args.only) - {m.name for m in members}
         if unknown:
             raise ConfigError(f"--only names unknown member(s) {sorted(unknown)}; have {[m.name for m in members]}")
         members = [m for m in members if m.name in args.only]
     if args.dry_run:
-        return dry_run(members)
+        return dry_run(members, cfg, args, every)
     loaded = load_training_data(cfg.data, args.data_dir)  # a wrong data folder or file creates no workspace
     dist.init()  # no-op unless launched by accelerate/torchrun
     with writing(Workspace.at(args.workspace or cfg.workspace), "train"):
@@ -82,21 +88,135 @@ def _train(args: argparse.Namespace, cfg: RunConfig, members: list, loaded: tupl
     return 0
 
 
-def dry_run(members: list) -> int:
-    """Build every member (transformers on the meta device) and print one table; exit 2 on the first error."""
-    import pandas as pd
+def dry_run(members: list, cfg: RunConfig, args: argparse.Namespace, every: list) -> int:
+    """Build every member (transformers on the meta device), say where each backbone comes from, then the
+    checkpoint sizes and the work; exit 2 when `run` would refuse (a backbone, the zoo's blend config or the
+    data). `every`: all the zoo's members (the blend is checked against them, whatever --only picks)."""
+    from fb3stack.base.runner import backbone_status, build_member
+    from fb3stack.cli.run import check_zoo_blend
+    from fb3stack.config import ConfigError
 
-    from fb3stack.base.runner import build_member
-
-    rows = []
-    for cfg in members:
+    refused = []
+    if cfg.blend is not None:
         try:
-            rows.append(build_member(cfg).describe())
+            check_zoo_blend(cfg, every, args.workspace or cfg.workspace)
+        except (ConfigError, ValueError) as err:
+            refused.append(f"blend: {err}")
+    statuses = backbone_status(members)
+    described: dict[str, dict] = {}
+    for m in members:
+        try:
+            described[m.name] = build_member(m).describe()
         except (ValueError, OSError) as err:  # ConfigError is a ValueError
-            print(f"{cfg.name}: {err}")
-            return 2
-    table = pd.DataFrame(rows, dtype=object)
-    print(table.where(table.notna(), "").to_string(index=False))
+            refused.append(f"{m.name}: {err}")
+            described[m.name] = {"name": m.name, "kind": m.kind}
+        mine = [s for s in statuses if s.key.startswith(f"members.{m.name}.")]
+        described[m.name]["backbone here"] = ", ".join(s.where for s in mine)
+    refused += [f"{s.key}: {s.error}" for s in statuses if s.error]
+    hidden = ("n_params", "n_frozen")
+    print(text_table([{k: v for k, v in d.items() if k not in hidden} for d in described.values()]))
     print("amp auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), fp16 + GradScaler on older GPUs, "
-          "fp32 on CPU; 'here' is what this machine would use")
-    return 0
+          "fp32 on CPU; 'here' is what this machine would use. config_from 'known.py (not here)': the "
+          "published config.json kept in fb3stack, since the backbone is neither a local folder nor cached here")
+    print()
+    print_sizes(members, described, cfg)
+    print()
+    refused += print_work(members, described, statuses, cfg, args)
+    for line in refused:
+        print(f"run would refuse: {line}", file=sys.stderr)
+    return 2 if refused else 0
+
+
+def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> None:
+    from fb3stack.base.sizes import checkpoint_size, stored_as
+    from fb3stack.config import to_dict
+    from fb3stack.status import human_bytes
+    from fb3stack.submit.bundle import BACKBONE_SKIP, backbone_folders, copied_bytes
+
+    n_folds, rows, total, backbones = cfg.folds.n_folds, [], 0, {}
+    for m in members:
+        d = described[m.name]
+        try:
+            found = backbone_folders(to_dict(m))
+        except FileNotFoundError:  # a missing backbone is reported with the refusals
+            found = {}
+        backbones.update({spec: copied_bytes(folder, BACKBONE_SKIP) for spec, folder in found.items()})
+        if "n_params" not in d:
+            rows.append({"member": m.name, "params": "", "per fold": "not estimated"})
+            continue
+        nbytes, frozen_once = stored_as(d)
+        size = checkpoint_size(d["n_params"], n_folds, frozen_once, nbytes)
+        total += size.total
+        rows.append({"member": m.name, "params": f"{d['n_params'] / 1e6:.1f}M", "frozen": f"{d['n_frozen'] / 1e6:.1f}M",
+                     "stored": f"{nbytes} B/param", "folds": n_folds, "per fold": human_bytes(size.per_fold),
+                     "once per member": human_bytes(size.shared), "member total": human_bytes(size.total)})
+    print(f"checkpoints ({n_folds} folds; weights only: tokenizer and config files not counted; CPU members' "
+          "sklearn/LightGBM files not estimated):")
+    print(text_table(rows))
+    extra = sum(backbones.values())
+    print(f"bundle: {human_bytes(total)} of transformer checkpoints"
+          + (f" + {human_bytes(extra)} of backbone folders copied in ({', '.join(backbones)}; measured here)"
+             if backbones else "")
+          + f" = {human_bytes(total + extra)}, plus the wheels (a few MB)")
+
+
+def print_work(members: list, described: dict[str, dict], statuses: list, cfg: RunConfig,
+               args: argparse.Namespace) -> list[str]:
+    """(member, fold) jobs, epochs, training tokens per fold and time where measured; returns refusals."""
+    import numpy as np
+
+    from fb3stack.base.sizes import match_gpu, measured_throughput, member_arch, token_lengths
+    from fb3stack.constants import FOLD_COL, ID_COL, TEXT_COL
+    from fb3stack.data import DATA_ENV, DataError
+    from fb3stack.folds import make_folds, read_folds
+    from fb3stack.workspace import load_training_data
+
+    try:
+        data_dir, train = load_training_data(cfg.data, args.data_dir)
+        ws_folds = Path(args.workspace or cfg.workspace) / "folds.csv"
+        folds_file = ws_folds if ws_folds.is_file() else resolve_path(cfg.folds.file, config_dir(cfg.source)) \
+            if cfg.folds.file else None
+        folds = read_folds(folds_file, train) if folds_file else make_folds(train, cfg.folds.n_folds, cfg.folds.seed)
+    except (DataError, ValueError) as err:
+        print(f"work: not computed ({err})")
+        named = args.data_dir or os.environ.get(DATA_ENV) or cfg.data.data_dir
+        return [f"training data: {err}"] if named else []  # none named: a plan made away from the data
+    fold_of = train[[ID_COL]].merge(folds, on=ID_COL)[FOLD_COL].to_numpy()
+    n_folds = int(fold_of.max()) + 1
+    gpu = args.gpu or _this_gpu()
+    texts = train[TEXT_COL].tolist()
+    rows = []
+    for m in members:
+        row = {"member": m.name, "jobs": n_folds}
+        if "n_params" not in described[m.name]:
+            rows.append({**row, "epochs": "", "time": "not measured"})
+            continue
+        available = all(s.where != "hub download" and not s.error for s in statuses
+                        if s.key.startswith(f"members.{m.name}."))
+        lengths, how = token_lengths(m, texts, available)
+        per_fold = [lengths[fold_of != k].sum() * m.epochs for k in range(n_folds)]
+        thr = measured_throughput(gpu, m, member_arch(m))
+        seconds = [t / thr.tokens_per_s for t in per_fold] if thr else None
+        rows.append({**row, "epochs": m.epochs, "essays/fold": int(np.mean([(fold_of != k).sum()
+                                                                            for k in range(n_folds)])),
+                     "tokens/fold": f"{np.mean(per_fold) / 1e6:.2f}M ({how})",
+                     "tokens/s": f"{thr.tokens_per_s:,.0f}" if thr else "",
+                     "time/fold": _hours(np.mean(seconds)) if seconds else "not measured",
+                     "time": _hours(sum(seconds)) if seconds else "not measured"})
+    jobs = n_folds * len(members)
+    print(f"work: {jobs} (member, fold) jobs on {len(train)} essays of {data_dir}, {n_folds} folds; tokens/fold = "
+          "training tokens over all epochs (real tokens, max_len applied); time only from a measured throughput "
+          f"for this shape on {match_gpu(gpu) or gpu or 'no GPU named (--gpu)'} (training steps only: no "
+          "evaluation, no adversarial second pass)")
+    print(text_table(rows))
+    return []
+
+
+def _this_gpu() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"

@@ -26,10 +26,12 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from fb3stack import __version__
+from fb3stack.base.member import MemberConfig
 from fb3stack.base.runner import SavedMember, build_member
 from fb3stack.config import ConfigError, load_yaml, to_dict
 from fb3stack.io import atomic_dir, read_json, umask_permissions, write_json, write_text, write_yaml
@@ -91,27 +93,61 @@ def check_out(workspace: Path, out: str | os.PathLike) -> Path:
     return out
 
 
-def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str | None = None,
-                wheels: bool = True) -> Path:
+BACKBONE_SKIP = ("*.onnx", "openvino*", "*.h5")  # other runtimes' copies of the weights: never loaded
+
+
+@dataclass
+class BundlePlan:
+    """What `make_bundle` copies, every member verified first (seals, content hash == the blend's record)."""
+
+    sources: PredictSources
+    members: list[str]
+    hashes: dict[str, str]
+    configs: dict[str, MemberConfig]
+    backbones: dict[str, Path]  # spec -> model folder copied to backbones/<slug>
+
+    def fold_dirs(self, name: str) -> list[Path]:
+        return SavedMember(self.configs[name], self.sources.models_root / name).fold_dirs
+
+
+def plan_bundle(workspace: str | os.PathLike, blend: str | None = None) -> BundlePlan:
     from fb3stack.blend import load_fitted_blend
 
     sources = PredictSources.from_workspace(workspace, blend)
-    out = check_out(sources.models_root.parent, out)
     expected = check_blend(sources.blend_dir)
     fitted = load_fitted_blend(sources.blend_dir)
     # every member verified (seals, content hash == the blend's record) before anything is copied
-    hashes = {name: load_member(sources, name, expected.get(name))[1] for name in fitted.members}
+    hashes, configs, backbones = {}, {}, {}
+    for name in fitted.members:
+        saved, hashes[name] = load_member(sources, name, expected.get(name))  # a workspace: paths as trained
+        configs[name] = saved.config
+        backbones.update(backbone_folders(to_dict(configs[name])))
+    return BundlePlan(sources, list(fitted.members), hashes, configs, backbones)
+
+
+def copied_bytes(folder: Path, skip: tuple[str, ...] = ()) -> int:
+    """Bytes of the files under `folder` that a copy leaving out the `skip` patterns (by name) keeps."""
+    from fnmatch import fnmatch
+
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()
+               and not any(fnmatch(part, pat) for part in p.relative_to(folder).parts for pat in skip))
+
+
+def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str | None = None,
+                wheels: bool = True) -> Path:
+    plan = plan_bundle(workspace, blend)
+    out = check_out(plan.sources.models_root.parent, out)
     with atomic_dir(out) as tmp:
         paths: dict[str, str] = {}
-        for name in fitted.members:
-            saved = SavedMember.load(sources.models_root / name)
+        for name in plan.members:
+            model_dir = plan.sources.models_root / name
             dest = tmp / "models" / name
             for item in ("config.yaml", "metrics.json", "manifest.json"):
-                if (saved.model_dir / item).is_file():
+                if (model_dir / item).is_file():
                     dest.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(saved.model_dir / item, dest / item)
-            member = build_member(saved.config)
-            for fold in saved.fold_dirs:
+                    shutil.copy2(model_dir / item, dest / item)
+            member = build_member(plan.configs[name])
+            for fold in plan.fold_dirs(name):
                 shutil.copytree(fold, dest / fold.name, ignore=lambda _d, names: [n for n in names
                                                                                    if n in PREDICT_UNUSED])
                 for path in member.shared_files(fold):  # e.g. frozen layers, stored once for all folds
@@ -119,26 +155,25 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
                     if not target.exists():
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(path, target)
-            for spec, folder in backbone_folders(to_dict(saved.config)).items():
-                rel = f"backbones/{_slug(spec)}"
-                if not (tmp / rel).exists():
-                    shutil.copytree(folder, tmp / rel, ignore=shutil.ignore_patterns("*.onnx", "openvino*", "*.h5"))
-                paths[spec] = rel
-        shutil.copytree(sources.blend_dir, tmp / "blend")
+            for spec in backbone_folders(to_dict(plan.configs[name])):
+                paths[spec] = f"backbones/{_slug(spec)}"
+        for spec, folder in plan.backbones.items():
+            shutil.copytree(folder, tmp / paths[spec], ignore=shutil.ignore_patterns(*BACKBONE_SKIP))
+        shutil.copytree(plan.sources.blend_dir, tmp / "blend")
         portable_blend(tmp / "blend")
         wheel_names = build_wheels(tmp / "wheels") if wheels else []
         versions = library_versions()
         write_json(tmp / "bundle.json", {
             "fb3stack_version": __version__, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "blend": sources.blend_dir.name, "members": list(fitted.members), "member_hashes": hashes,
+            "blend": plan.sources.blend_dir.name, "members": plan.members, "member_hashes": plan.hashes,
             "paths": paths, "wheels": wheel_names,
             # the libraries its pickles and checkpoints were written with; predict compares them with the image's
             "versions": versions,
         })
-        write_text(tmp / "README.md", bundle_readme(fitted.members, versions))
+        write_text(tmp / "README.md", bundle_readme(plan.members, versions))
         umask_permissions(tmp)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    logger.info("bundle written to %s (%.1f MB, members: %s)", out, size / 2**20, fitted.members)
+    logger.info("bundle written to %s (%.1f MB, members: %s)", out, size / 2**20, plan.members)
     return out
 
 

@@ -45,27 +45,30 @@ def backbone_config(cfg: TransformerConfig, source: str | Path) -> PretrainedCon
     return config
 
 
-def architecture_config(cfg: TransformerConfig) -> PretrainedConfig:
-    """The backbone's config without its weights and without network: a local folder's config.json, the
-    published config of a known hub backbone, or the local Hugging Face cache."""
+def architecture(cfg: TransformerConfig) -> tuple[PretrainedConfig, str]:
+    """The backbone's config without its weights and without network, and where it came from: a local folder's
+    config.json, the local Hugging Face cache, or (neither) the published config of a known hub backbone."""
     source = resolve_backbone(cfg.backbone)
     if Path(source).expanduser().is_dir():
-        return backbone_config(cfg, Path(source).expanduser())
-    if cfg.backbone in KNOWN_CONFIGS:
+        return backbone_config(cfg, Path(source).expanduser()), "local folder"
+    try:
+        config, where = AutoConfig.from_pretrained(source, local_files_only=True), "Hugging Face cache"
+    except OSError as err:
+        if cfg.backbone not in KNOWN_CONFIGS:
+            raise ConfigError(f"backbone {cfg.backbone!r}: not a local folder, not in the Hugging Face cache and not "
+                              f"a known hub backbone ({sorted(KNOWN_CONFIGS)})") from err
         known = dict(KNOWN_CONFIGS[cfg.backbone])
-        config = AutoConfig.for_model(known.pop("model_type"), **known)
-    else:
-        try:
-            config = AutoConfig.from_pretrained(source, local_files_only=True)
-        except OSError as err:
-            raise ConfigError(f"backbone {cfg.backbone!r}: not a local folder, not a known hub backbone "
-                              f"({sorted(KNOWN_CONFIGS)}) and not in the Hugging Face cache") from err
+        config, where = AutoConfig.for_model(known.pop("model_type"), **known), "known.py (not here)"
     config.dtype = torch.float32
-    return config
+    return config, where
 
 
-def load_tokenizer(source: str | Path):  # noqa: ANN201 - a PreTrainedTokenizer of whatever class the folder says
-    return AutoTokenizer.from_pretrained(source)
+def architecture_config(cfg: TransformerConfig) -> PretrainedConfig:
+    return architecture(cfg)[0]
+
+
+def load_tokenizer(source: str | Path, **kwargs: object):  # noqa: ANN201 - a PreTrainedTokenizer of the folder's class
+    return AutoTokenizer.from_pretrained(source, **kwargs)
 
 
 def load_backbone(cfg: TransformerConfig, source: str | Path, pretrained: bool = True) -> PreTrainedModel:

@@ -29,7 +29,7 @@ from fb3stack.base.registry import register_member
 from fb3stack.base.transformer.adversarial import make_adversary
 from fb3stack.base.transformer.backbone import (
     add_newline_token,
-    architecture_config,
+    architecture,
     encoder_layers,
     load_backbone,
     load_tokenizer,
@@ -140,10 +140,11 @@ class TransformerMember(Member):
         """The architecture built on the meta device (no weights, no memory, no network): parameter counts after
         freezing, max_len and the autocast this machine would pick (and what `auto` picks on other GPUs)."""
         cfg = self.config
-        config = architecture_config(cfg)
+        config, config_from = architecture(cfg)
         with torch.device("meta"):
             model = FB3Model(prepare_backbone(AutoModel.from_config(config, dtype=torch.float32), cfg), cfg)
         optimizer_params = sum(p.numel() for g in param_groups(model, cfg) for p in g["params"])
+        n_params = sum(p.numel() for p in model.parameters())
         make_adversary(cfg.adversarial, model, cfg)  # refuses an adversary with nothing to perturb
         try:
             device = pick_device(cfg.device)
@@ -152,7 +153,8 @@ class TransformerMember(Member):
         except RuntimeError as err:
             here = str(err)
         return {"name": cfg.name, "kind": cfg.kind, "backbone": cfg.backbone,
-                "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+                "config_from": config_from, "n_params": n_params, "n_frozen": n_params - optimizer_params,
+                "params_m": round(n_params / 1e6, 1),
                 "trainable_m": round(optimizer_params / 1e6, 1), "layers": len(encoder_layers(model.backbone)),
                 "max_len": cfg.max_len, "truncation": cfg.truncation, "newline_token": cfg.newline_token,
                 "batch": f"{cfg.batch_size}x{cfg.grad_accum}", "checkpointing": cfg.gradient_checkpointing,
