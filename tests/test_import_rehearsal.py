@@ -48,13 +48,11 @@ def test_members_trained_apart_import_blend_bundle_predict_read_only(tmp_path, f
     # the dry run's checkpoint size is what training wrote (tensor bytes of model.safetensors)
     capsys.readouterr()
     assert main(["train", str(gpu_zoo), "--dry-run", "--workspace", str(tmp_path / "ws-gpu")]) == 0
-    from fb3stack.base.runner import build_member, resolve_members
-    from fb3stack.base.sizes import checkpoint_size, stored_as
+    from fb3stack.base.runner import resolve_members
+    from fb3stack.base.sizes import transformer_size
     from fb3stack.config import load_run_config
 
-    described = build_member(resolve_members(load_run_config(str(gpu_zoo)))[0]).describe()
-    nbytes, frozen_once = stored_as(described)
-    size = checkpoint_size(described["n_params"], 3, frozen_once, nbytes)
+    size = transformer_size(resolve_members(load_run_config(str(gpu_zoo)))[0], 3)
     written = [safetensors_data_bytes(tmp_path / f"ws-gpu/models/tiny-v3/fold{k}/model.safetensors") for k in range(3)]
     assert written == [size.per_fold] * 3
 

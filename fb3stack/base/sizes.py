@@ -45,12 +45,14 @@ def checkpoint_size(n_params: int, n_folds: int, frozen_once: int = 0, bytes_per
     return CheckpointSize((n_params - frozen_once) * bytes_per_param, frozen_once * bytes_per_param, n_folds)
 
 
-def stored_as(described: dict) -> tuple[int, int]:
-    """How this version stores a transformer fold: (bytes per parameter, parameters stored once per member).
+def transformer_size(cfg, n_folds: int) -> CheckpointSize:  # cfg: a TransformerConfig
+    """What a transformer member's checkpoints will take: the storage rule itself
+    (fb3stack.base.transformer.checkpoint: `checkpoint_dtype`, frozen parameters once per member, the head in fp32)
+    applied to the architecture on the meta device."""
+    from fb3stack.base.transformer.checkpoint import checkpoint_bytes
 
-    Today every fold's `model.safetensors` holds the fp32 master weights, frozen ones included; this is the
-    one place to follow a change of that (half-precision checkpoints, frozen parameters stored once)."""
-    return BYTES_PER_PARAM["fp32"], 0
+    per_fold, once = checkpoint_bytes(cfg)
+    return CheckpointSize(per_fold, once, n_folds)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -128,7 +128,7 @@ def dry_run(members: list, cfg: RunConfig, args: argparse.Namespace, every: list
 
 
 def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> None:
-    from fb3stack.base.sizes import checkpoint_size, stored_as
+    from fb3stack.base.sizes import transformer_size
     from fb3stack.config import to_dict
     from fb3stack.status import human_bytes
     from fb3stack.submit.bundle import BACKBONE_SKIP, backbone_folders, copied_bytes
@@ -144,11 +144,10 @@ def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> No
         if "n_params" not in d:
             rows.append({"member": m.name, "params": "", "per fold": "not estimated"})
             continue
-        nbytes, frozen_once = stored_as(d)
-        size = checkpoint_size(d["n_params"], n_folds, frozen_once, nbytes)
+        size = transformer_size(m, n_folds)
         total += size.total
         rows.append({"member": m.name, "params": f"{d['n_params'] / 1e6:.1f}M", "frozen": f"{d['n_frozen'] / 1e6:.1f}M",
-                     "stored": f"{nbytes} B/param", "folds": n_folds, "per fold": human_bytes(size.per_fold),
+                     "stored": m.checkpoint_dtype, "folds": n_folds, "per fold": human_bytes(size.per_fold),
                      "once per member": human_bytes(size.shared), "member total": human_bytes(size.total)})
     print(f"checkpoints ({n_folds} folds; weights only: tokenizer and config files not counted; CPU members' "
           "sklearn/LightGBM files not estimated):")
