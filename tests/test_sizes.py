@@ -3,6 +3,7 @@ throughput was measured, backbone availability and the exit code `run` would giv
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -10,21 +11,23 @@ import pytest
 import yaml
 from helpers_tiny_deberta import build_hub_like_deberta_v3
 
-from fb3stack.base.sizes import MEASURED, checkpoint_size, match_gpu, measured_throughput, member_arch
+from fb3stack.base.sizes import MEASURED, match_gpu, measured_throughput, member_arch, transformer_size
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_checkpoint_size_fp16_by_default_and_frozen_part_once():
-    half = checkpoint_size(1_000, n_folds=5)
-    assert (half.per_fold, half.shared, half.total) == (2_000, 0, 10_000)
-    frozen = checkpoint_size(1_000, n_folds=5, frozen_once=600, bytes_per_param=2)
-    assert (frozen.per_fold, frozen.shared, frozen.total) == (800, 1_200, 5_200)
-    assert checkpoint_size(1_000, 5, bytes_per_param=4).total == 20_000
-    with pytest.raises(ValueError):
-        checkpoint_size(10, 5, frozen_once=11)
+def test_checkpoint_sizes_from_the_config_alone_half_size_and_frozen_part_once():
+    """The dry run's sizes come from the storage rule itself: fp16 by default (about 2 bytes a parameter), fp32 on
+    request, and a frozen part stored once per member, from the published configs (no weights)."""
+    base = TransformerConfig(name="b", kind="transformer", backbone="microsoft/deberta-v3-base")
+    half, full = transformer_size(base, 5), transformer_size(replace(base, checkpoint_dtype="fp32"), 5)
+    assert half.shared == 0 and 2 * 180e6 < half.per_fold < 2 * 190e6 and half.total == 5 * half.per_fold
+    assert abs(full.per_fold / half.per_fold - 2) < 0.01
+    xl = TransformerConfig(name="x", kind="transformer", backbone="microsoft/deberta-v2-xlarge", freeze_layers=12)
+    frozen = transformer_size(xl, 5)
+    assert frozen.shared > frozen.per_fold > 0 and frozen.total == 5 * frozen.per_fold + frozen.shared
 
 
 def test_measured_throughputs_are_the_gpu_check_rows():
@@ -66,8 +69,8 @@ def test_dry_run_sizes_tokens_and_availability_of_a_local_backbone(tmp_path, fb3
     folder = build_hub_like_deberta_v3(tmp_path / "v3", train_df["full_text"].head(200))
     assert main(["train", str(_zoo(tmp_path, str(folder), fb3_dir)), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and "B/param" in x)
-    assert "4 B/param" in line and " 3 " in line  # today's format: fp32, every fold stores everything
+    line = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and " fp16 " in x)
+    assert " 3 " in line  # half-size checkpoints by default, three folds
     work = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and "tokenised" in x)
     assert "not measured" in work  # no GPU throughput measured here
     assert "local folder" in out and "30 (member, fold) jobs" not in out and "6 (member, fold) jobs" in out
@@ -85,7 +88,7 @@ def test_dry_run_offline_refuses_like_run_but_still_prints_sizes(tmp_path, fb3_d
     assert main(["train", str(zoo), "--dry-run", "--gpu", "H100"]) == 2
     captured = capsys.readouterr()
     assert "run would refuse: members.tiny-v3.backbone" in captured.err and "HF_HUB_OFFLINE" in captured.err
-    sizes = next(x for x in captured.out.splitlines() if x.strip().startswith("tiny-v3") and "B/param" in x)
+    sizes = next(x for x in captured.out.splitlines() if x.strip().startswith("tiny-v3") and " fp16 " in x)
     assert "184.4M" in sizes or "184.3M" in sizes  # from the known.py config, marked as such
     assert "known.py (not here)" in captured.out and "(estimated)" in captured.out and "missing" in captured.out
     assert main(["run", str(zoo)]) == 2  # what the dry run predicted

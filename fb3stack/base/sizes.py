@@ -17,7 +17,6 @@ from fb3stack.base.member import MemberConfig
 
 logger = logging.getLogger(__name__)
 
-BYTES_PER_PARAM = {"fp16": 2, "bf16": 2, "fp32": 4}
 # tokens per whitespace word of the FB3 essays with MiniLM's WordPiece tokenizer, measured on train.csv
 # (docs/gpu.md, "Tokens"): the estimate when the member's own tokenizer is not on this machine
 TOKENS_PER_WORD = 1.14
@@ -34,15 +33,6 @@ class CheckpointSize:
     @property
     def total(self) -> int:
         return self.per_fold * self.n_folds + self.shared
-
-
-def checkpoint_size(n_params: int, n_folds: int, frozen_once: int = 0, bytes_per_param: int = 2) -> CheckpointSize:
-    """The one size rule: `frozen_once` parameters are stored once per member, the rest in every fold, each
-    parameter in `bytes_per_param` bytes (2: fp16/bf16, 4: fp32). Weights only: tokenizer and config files
-    (a few MB per fold for DeBERTa-v3) are not counted."""
-    if not 0 <= frozen_once <= n_params:
-        raise ValueError(f"frozen_once={frozen_once} must be within [0, n_params={n_params}]")
-    return CheckpointSize((n_params - frozen_once) * bytes_per_param, frozen_once * bytes_per_param, n_folds)
 
 
 def transformer_size(cfg, n_folds: int) -> CheckpointSize:  # cfg: a TransformerConfig
