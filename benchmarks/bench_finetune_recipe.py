@@ -128,7 +128,7 @@ def main() -> None:
                                      "data": {"data_dir": str(sub)}, "folds": {"file": str(sub / "folds.csv")},
                                      "members": members}, sort_keys=False))
     out = RESULTS / CSV
-    old = pd.read_csv(out) if out.is_file() else pd.DataFrame()
+    old = pd.read_csv(out, dtype=str, keep_default_na=False) if out.is_file() else pd.DataFrame()
     for m in members:
         name = m["set"]["name"]
         load0, t0 = load_average(), time.perf_counter()

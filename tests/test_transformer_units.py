@@ -299,7 +299,10 @@ def test_eval_cadence_evaluates_late_in_training():
     with pytest.raises(ValueError, match="not both"):
         TransformerConfig(name="x", kind="transformer", eval_every=5, evals_per_epoch=2)
     with pytest.raises(ValueError, match="eval_start"):
-        TransformerConfig(name="x", kind="transformer", epochs=2, eval_start=3)
+        TransformerConfig(name="x", kind="transformer", epochs=2, eval_start=-1)
+    # a shipped config shortened from the command line (--set epochs=1) keeps working: epoch ends only
+    short = TransformerConfig(name="x", kind="transformer", epochs=1, evals_per_epoch=4, eval_start=2.0)
+    assert sorted(eval_steps(short, 10)) == [10]
 
 
 def test_fit_follows_the_eval_cadence(tiny, train_df, tmp_path):

@@ -40,7 +40,18 @@ def default_out(args: argparse.Namespace) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub at predict time
+    # never reach for a hub at predict time; restored after, so a caller's later commands (an in-process
+    # `main([...])` in a notebook or test) are not switched offline behind their back
+    saved = os.environ.get("HF_HUB_OFFLINE")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return _run(args)
+    finally:
+        if saved is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+
+
+def _run(args: argparse.Namespace) -> int:
     out = default_out(args)
     if args.bundle and args.blend:
         raise ConfigError("--blend applies to --workspace; a bundle holds one blend")

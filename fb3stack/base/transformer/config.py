@@ -130,9 +130,8 @@ class TransformerConfig(MemberConfig):
         if self.eval_every and self.evals_per_epoch > 1:
             raise ValueError(f"set eval_every ({self.eval_every} steps) or evals_per_epoch ({self.evals_per_epoch}), "
                              "not both")
-        if not 0.0 <= self.eval_start <= self.epochs:
-            raise ValueError(f"eval_start must be an epoch position in [0, epochs={self.epochs}], "
-                             f"got {self.eval_start}")
+        if self.eval_start < 0:  # past the last epoch is allowed: only epoch ends are evaluated (e.g. --set epochs=1)
+            raise ValueError(f"eval_start must be an epoch position >= 0, got {self.eval_start}")
         if len(self.betas) != 2:
             raise ValueError(f"betas needs 2 values, got {self.betas}")
         if not 0.0 < self.head_ratio < 1.0:
