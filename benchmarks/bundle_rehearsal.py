@@ -39,7 +39,7 @@ from common import machine_info, save_csv  # noqa: E402
 
 KAGGLE_IMAGE = ("torch", "transformers", "scikit-learn", "lightgbm", "pandas", "numpy", "scipy", "pyarrow",
                 "tokenizers", "safetensors", "sentencepiece", "protobuf", "pyyaml", "tqdm", "nltk", "matplotlib",
-                "rich")
+                "rich", "accelerate")  # accelerate: preinstalled on Kaggle images, a core dependency since the Engine
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PIP_NO_INDEX": "1", "HTTP_PROXY": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
            "https_proxy": "http://127.0.0.1:9", "NO_PROXY": "", "TQDM_DISABLE": "1"}

@@ -15,8 +15,8 @@ imported read-only into a last one, blended, bundled, and predicted offline from
 
 The submission from the bundle must match the reference within 2e-3. One row goes to
 benchmarks/results/import_rehearsal.csv (times, bundle size, differences, whether the sources and the bundle
-stayed byte-identical). `--cache` points predict at a writable folder: until predict keeps its cache out of the
-bundle by default (issue 21 item 5), predicting from a read-only bundle needs it.
+stayed byte-identical). Predict is run as the bundle's README says, with no --cache: its prediction cache goes to a
+private temporary folder by default, never into the bundle.
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ def main() -> int:
         t = time.perf_counter()
         pred = subprocess.run([str(venv / "bin/fb3stack"), "predict", "--bundle", str(bundle), "--test",
                                str(data_dir / "test.csv"), "--sample-submission",
-                               str(data_dir / "sample_submission.csv"), "--out", "submission.csv",
-                               "--cache", str(kaggle / "cache")], capture_output=True, text=True, env=env, cwd=kaggle)
+                               str(data_dir / "sample_submission.csv"), "--out", "submission.csv"],
+                              capture_output=True, text=True, env=env, cwd=kaggle)
         row["predict_s"], row["predict_rc"] = round(time.perf_counter() - t, 1), pred.returncode
         if install.returncode or pred.returncode:
             print(install.stderr[-2000:], pred.stderr[-3000:], file=sys.stderr)

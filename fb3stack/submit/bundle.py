@@ -205,7 +205,9 @@ Members: {", ".join(members)}. Everything fb3stack needs to predict is in this f
 nothing is written into it (it may be read-only, as an attached Kaggle dataset is).
 
 The notebook image must already have the libraries the model files were written with (the bundle does not ship
-them): {", ".join(libs)} (torch and transformers only for members on a neural backbone).
+them): {", ".join(libs)} (torch and transformers only for members on a neural backbone), and fb3stack's
+other dependencies that a Kaggle image has and `wheels/` does not carry (accelerate, pandas, scipy, pyarrow,
+tokenizers, safetensors, sentencepiece, pyyaml, tqdm, matplotlib, rich).
 `fb3stack predict` compares them with the image's, warns on a difference and refuses another major version
 (`bundle.json`, `versions`).
 
