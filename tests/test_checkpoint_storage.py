@@ -25,7 +25,7 @@ from fb3stack.base.transformer.checkpoint import (
     frozen_names,
     load_checkpoint,
 )
-from fb3stack.base.transformer.data import TokenBudgetSampler
+from fb3stack.base.transformer.data import TokenBudgetSampler, padded_width
 from fb3stack.base.transformer.member import TransformerMember
 from fb3stack.cli.main import main
 from fb3stack.constants import ID_COL, TARGETS
@@ -202,6 +202,12 @@ def test_token_budget_batches_cover_rows_and_fit_the_budget():
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 80
     assert [len(b) for b in batches] == [1, 2, 2, 5]  # 64 | 40 40 | 33 20 | 12 7 5 3 1: short essays share
+    # padded as training pads (pad_to_multiple_of): the budget counts the padded width, and every batch's width is
+    # one of a bounded set
+    padded = TokenBudgetSampler(lengths, max_tokens=80, pad_to_multiple_of=16, max_len=64).batches()
+    assert [len(b) for b in padded] == [1, 1, 1, 1, 2, 4]  # widths 64 | 48 | 48 | 48 | 32: 20 12 | 16: 7 5 3 1
+    for b in padded:
+        assert len(b) == 1 or len(b) * padded_width(max(lengths[i] for i in b), 16, 64) <= 80
 
 
 def test_token_batched_prediction_matches_fixed_batches_on_cpu(tiny, train_df, tmp_path, caplog):

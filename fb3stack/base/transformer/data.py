@@ -186,20 +186,25 @@ def loader_order(loader: DataLoader) -> np.ndarray:
 
 class TokenBudgetSampler(Sampler[list[int]]):
     """Prediction batches by a token budget: rows sorted longest first, each batch as many rows as fit in
-    `max_tokens` padded tokens (rows x its longest row; at least one row). Short essays then fill large batches
-    instead of leaving the GPU idle in small ones; the peak stays that of the budget."""
+    `max_tokens` padded tokens (rows x its padded width, `padded_width` of its longest row; at least one row).
+    Short essays then fill large batches instead of leaving the GPU idle in small ones; the peak stays that of the
+    budget."""
 
-    def __init__(self, lengths: list[int], max_tokens: int) -> None:
+    def __init__(self, lengths: list[int], max_tokens: int, pad_to_multiple_of: int = 1,
+                 max_len: int | None = None) -> None:
         self.lengths, self.max_tokens = np.asarray(lengths), max_tokens
+        self.multiple, self.max_len = pad_to_multiple_of, max_len
 
     def batches(self) -> list[list[int]]:
         out: list[list[int]] = []
+        width = 0
         for i in np.argsort(-self.lengths, kind="stable").tolist():
-            # sorted longest first: a batch's first row is its longest, so its padded size is rows x that length
-            if out and (len(out[-1]) + 1) * self.lengths[out[-1][0]] <= self.max_tokens:
+            # sorted longest first: a batch's first row sets its (padded) width
+            if out and (len(out[-1]) + 1) * width <= self.max_tokens:
                 out[-1].append(i)
             else:
                 out.append([i])
+                width = padded_width(int(self.lengths[i]), self.multiple, self.max_len)
         return out
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -209,7 +214,11 @@ class TokenBudgetSampler(Sampler[list[int]]):
         return len(self.batches())
 
 
-def make_token_loader(ids: list[np.ndarray], max_tokens: int, pad_id: int) -> DataLoader:
-    """An unshuffled prediction loader batched by `max_tokens` (TokenBudgetSampler); `loader_order` maps it back."""
-    return DataLoader(EssayDataset(ids), batch_sampler=TokenBudgetSampler([len(x) for x in ids], max_tokens),
-                      collate_fn=Collator(pad_id))
+def make_token_loader(ids: list[np.ndarray], max_tokens: int, pad_id: int, pad_to_multiple_of: int = 1,
+                      max_len: int | None = None) -> DataLoader:
+    """An unshuffled prediction loader batched by `max_tokens` (TokenBudgetSampler), padded as training pads
+    (`pad_to_multiple_of`: the same bounded set of widths); `loader_order` maps it back."""
+    lengths = [len(x) for x in ids]
+    return DataLoader(EssayDataset(ids), batch_sampler=TokenBudgetSampler(lengths, max_tokens, pad_to_multiple_of,
+                                                                          max_len),
+                      collate_fn=Collator(pad_id, pad_to_multiple_of, max_len))

@@ -189,9 +189,9 @@ class TransformerMember(Member):
         tokens = self._tokens(tokenizer, df[TEXT_COL].tolist(), prep)
         engine = Engine(model, self.config.device, self.config.amp)
         budget = self.token_budget(pick_device(self.config.device), prep["max_len"])
-        loader = (make_token_loader(tokens, budget, pad) if budget
-                  else make_loader(tokens, None, self.config.eval_batch_size, False, pad,
-                                   pad_to_multiple_of=self.config.pad_to_multiple_of, max_len=prep["max_len"]))
+        shapes = dict(pad_to_multiple_of=self.config.pad_to_multiple_of, max_len=prep["max_len"])
+        loader = (make_token_loader(tokens, budget, pad, **shapes) if budget
+                  else make_loader(tokens, None, self.config.eval_batch_size, False, pad, **shapes))
         logger.info("%s: predicting %d essays on %s, autocast %s, %s", Path(fold_dir).name, len(df), engine.device,
                     precision_name(engine.amp_dtype), f"batches of <= {budget} tokens" if budget
                     else f"batches of {self.config.eval_batch_size}")
