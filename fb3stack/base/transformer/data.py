@@ -91,14 +91,18 @@ class TokenCache:
 
 
 class EssayDataset(Dataset):
-    def __init__(self, ids: list[np.ndarray], targets: np.ndarray | None = None) -> None:
-        self.ids, self.targets = ids, targets
+    """`prefix_rows`: each essay's row in a frozen-prefix store (prefix.py), carried into the batch."""
+
+    def __init__(self, ids: list[np.ndarray], targets: np.ndarray | None = None,
+                 prefix_rows: np.ndarray | None = None) -> None:
+        self.ids, self.targets, self.prefix_rows = ids, targets, prefix_rows
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray | None]:
-        return self.ids[i], None if self.targets is None else self.targets[i]
+    def __getitem__(self, i: int) -> tuple:
+        item = (self.ids[i], None if self.targets is None else self.targets[i])
+        return item if self.prefix_rows is None else (*item, int(self.prefix_rows[i]))
 
 
 class BucketBatchSampler(Sampler[list[int]]):
@@ -158,24 +162,26 @@ class Collator:
     def __init__(self, pad_id: int, pad_to_multiple_of: int = 1, max_len: int | None = None) -> None:
         self.pad_id, self.multiple, self.max_len = pad_id, pad_to_multiple_of, max_len
 
-    def __call__(self, items: list[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, torch.Tensor]:
-        width = padded_width(max(len(ids) for ids, _ in items), self.multiple, self.max_len)
+    def __call__(self, items: list[tuple]) -> dict[str, torch.Tensor]:
+        width = padded_width(max(len(item[0]) for item in items), self.multiple, self.max_len)
         input_ids = torch.full((len(items), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(items), width), dtype=torch.long)
-        for i, (ids, _) in enumerate(items):
-            input_ids[i, : len(ids)] = torch.from_numpy(ids.astype(np.int64))
-            mask[i, : len(ids)] = 1
+        for i, item in enumerate(items):
+            input_ids[i, : len(item[0])] = torch.from_numpy(item[0].astype(np.int64))
+            mask[i, : len(item[0])] = 1
         batch = {"input_ids": input_ids, "attention_mask": mask}
         if items[0][1] is not None:
-            batch["labels"] = torch.tensor(np.stack([t for _, t in items]), dtype=torch.float32)
+            batch["labels"] = torch.tensor(np.stack([item[1] for item in items]), dtype=torch.float32)
+        if len(items[0]) > 2:
+            batch["prefix_rows"] = torch.tensor([item[2] for item in items], dtype=torch.long)
         return batch
 
 
 def make_loader(ids: list[np.ndarray], targets: np.ndarray | None, batch_size: int, shuffle: bool, pad_id: int,
                 seed: int = 0, bucket_batches: int = 50, pad_to_multiple_of: int = 1,
-                max_len: int | None = None) -> DataLoader:
+                max_len: int | None = None, prefix_rows: np.ndarray | None = None) -> DataLoader:
     sampler = BucketBatchSampler([len(x) for x in ids], batch_size, shuffle, seed, bucket_batches)
-    return DataLoader(EssayDataset(ids, targets), batch_sampler=sampler,
+    return DataLoader(EssayDataset(ids, targets, prefix_rows), batch_sampler=sampler,
                       collate_fn=Collator(pad_id, pad_to_multiple_of, max_len))
 
 
@@ -215,10 +221,10 @@ class TokenBudgetSampler(Sampler[list[int]]):
 
 
 def make_token_loader(ids: list[np.ndarray], max_tokens: int, pad_id: int, pad_to_multiple_of: int = 1,
-                      max_len: int | None = None) -> DataLoader:
+                      max_len: int | None = None, prefix_rows: np.ndarray | None = None) -> DataLoader:
     """An unshuffled prediction loader batched by `max_tokens` (TokenBudgetSampler), padded as training pads
     (`pad_to_multiple_of`: the same bounded set of widths); `loader_order` maps it back."""
     lengths = [len(x) for x in ids]
-    return DataLoader(EssayDataset(ids), batch_sampler=TokenBudgetSampler(lengths, max_tokens, pad_to_multiple_of,
-                                                                          max_len),
+    sampler = TokenBudgetSampler(lengths, max_tokens, pad_to_multiple_of, max_len)
+    return DataLoader(EssayDataset(ids, None, prefix_rows), batch_sampler=sampler,
                       collate_fn=Collator(pad_id, pad_to_multiple_of, max_len))

@@ -49,17 +49,19 @@ def _log_once(level: int, text: str) -> None:
 
 
 def pick_amp(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: `auto` is bf16 where the GPU has it natively, fp16 (+ GradScaler) on older GPUs; None
-    (fp32) when switched off.
+    """Autocast dtype: `auto` is bf16 where the hardware computes it natively, fp16 (+ GradScaler) on older GPUs;
+    None (fp32) when switched off.
 
-    On CPU `auto` is bf16 only with AMX tile units, where it was measured several times faster (docs/speed.md);
-    AVX512-BF16 without AMX trained only ~1.1x faster than fp32 (benchmarks/bench_transformer_speed.py
-    --precision), not worth bf16's rounding, so fp32 there and on every other CPU. An explicit `bf16` turns
-    autocast on wherever the CPU computes bf16 natively.
+    On CPU `auto` is bf16 where the CPU has native bf16 (AVX512-BF16, AMX, arm64 BF16; hardware.cpu_has_native_bf16)
+    and fp32 elsewhere, never emulated bf16: on a full-size MiniLM fold on AVX512-BF16 without AMX, bf16 autocast
+    scored as fp32 (0.4902 vs 0.4904) at several times fp32's steps/s (docs/speed.md,
+    benchmarks/bench_finetune_recipe.py rows fp32 and bf16). On CPUs whose oneDNN only emulates bf16 (plain
+    AVX-512) it would be slower than fp32 and less precise.
     """
     if device.type == "cpu" and name == "auto":
-        if cpu_has_amx():
-            _log_once(logging.INFO, "amp auto -> bf16: this CPU has AMX bf16 units")
+        if cpu_has_native_bf16():
+            _log_once(logging.INFO, "amp auto -> bf16: this CPU computes bf16 natively"
+                      + (" (AMX)" if cpu_has_amx() else " (AVX512-BF16)"))
             return torch.bfloat16
         return None
     if device.type == "cpu" and name == "bf16":

@@ -45,6 +45,7 @@ from fb3stack.base.transformer.engine import Engine, pick_amp, pick_device
 from fb3stack.base.transformer.losses import make_loss
 from fb3stack.base.transformer.model import FB3Model
 from fb3stack.base.transformer.optim import make_optimizer, make_scheduler, param_groups
+from fb3stack.base.transformer.prefix import PrefixPlan, PrefixStore, compute_prefix, frozen_digest
 from fb3stack.base.transformer.tracking import log_with
 from fb3stack.base.transformer.trainer import Trainer, predict
 from fb3stack.constants import TARGETS, TEXT_COL
@@ -107,14 +108,20 @@ class TransformerMember(Member):
             model.set_bias(torch.from_numpy(y_train.mean(0)))
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         shapes = dict(pad_to_multiple_of=cfg.pad_to_multiple_of, max_len=cfg.max_len)
-        train_loader = make_loader(self._tokens(tokenizer, train[TEXT_COL].tolist()), y_train, cfg.batch_size,
-                                   True, pad, cfg.seed + fold, cfg.bucket_batches, **shapes)
-        train_loader = shard_train_loader(train_loader)  # data parallel: this process's share of the batches
-        rows = shard_rows(len(valid))
+        train_tokens = self._tokens(tokenizer, train[TEXT_COL].tolist())
         valid_tokens = self._tokens(tokenizer, valid[TEXT_COL].tolist())
-        valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad, **shapes)
         engine = Engine(model, cfg.device, cfg.amp, cfg.grad_accum, cfg.max_grad_norm, log_with(cfg.tracking),
                         fold_dir)
+        # every fold's train + valid is the same set of essays: one prefix store serves all folds
+        folder = self.workspace.cache_dir("prefix") if self.workspace else None
+        store = self._prefix(model, engine, train_tokens + valid_tokens, pad, folder)
+        train_rows, valid_rows = (None, None) if store is None else (store.rows(train_tokens), store.rows(valid_tokens))
+        train_loader = make_loader(train_tokens, y_train, cfg.batch_size, True, pad, cfg.seed + fold,
+                                   cfg.bucket_batches, prefix_rows=train_rows, **shapes)
+        train_loader = shard_train_loader(train_loader)  # data parallel: this process's share of the batches
+        rows = shard_rows(len(valid))
+        valid_loader = make_loader([valid_tokens[i] for i in rows], None, cfg.eval_batch_size, False, pad,
+                                   prefix_rows=None if valid_rows is None else valid_rows[rows], **shapes)
         optimizer = make_optimizer(engine.model, cfg)
         total = -(-len(train_loader) // cfg.grad_accum) * cfg.epochs
         engine.prepare(optimizer, make_scheduler(optimizer, cfg, total))
@@ -135,6 +142,23 @@ class TransformerMember(Member):
                 "train_seconds": round(time.perf_counter() - t0, 1), "device": str(engine.device),
                 "amp": str(engine.amp_dtype), "checkpoint_dtype": cfg.checkpoint_dtype}
         return FoldResult(out.preds, out.embeddings, out.history, info, alt_preds=out.alt_preds)
+
+    def _prefix(self, model: FB3Model, engine: Engine, tokens: list[np.ndarray], pad: int,
+                folder: Path | None) -> PrefixStore | None:
+        """The frozen prefix of these essays computed once (prefix.py) and attached to `model`, or None where it
+        does not apply: the frozen layers then run forward in every step, as before."""
+        plan = PrefixPlan.build(model.backbone, self.config.freeze_layers, model.pooler, self.config.prefix_cache)
+        if plan is None:
+            return None
+        t0 = time.perf_counter()
+        store = compute_prefix(engine.unwrapped.backbone, plan, tokens, engine.autocast(), engine.device,
+                               engine.amp_dtype, folder, pad, batch_tokens=self.config.eval_batch_size * 512)
+        if store is not None:
+            model.prefix = (plan, store)
+            logger.info("prefix cache: embeddings + %d frozen layers replayed from %d essays (%s; %.2f GB, %.1f s)",
+                        plan.n_frozen, len(store.keys), ", ".join(plan.keep), store.nbytes / 1e9,
+                        time.perf_counter() - t0)
+        return store
 
     def describe(self) -> dict:
         """The architecture built on the meta device (no weights, no memory, no network): parameter counts after
@@ -182,20 +206,42 @@ class TransformerMember(Member):
         return {"truncation": "head", "head_ratio": 0.5, "newline_token": None, **saved}
 
     def predict_fold_with_embeddings(self, df: pd.DataFrame, fold_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+        return self._predict_many(df, [fold_dir])[0]
+
+    def _predict_many(self, df: pd.DataFrame, fold_dirs: list[Path]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(predictions, pooled features) per fold. With the prefix cache, one prefix pass per essay serves every
+        fold whose frozen part is the same (the folds share one stored frozen file), in memory."""
         self._setup()
-        model, tokenizer = self.load_fold(fold_dir)
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        prep = self.fold_preprocess(fold_dir)
-        tokens = self._tokens(tokenizer, df[TEXT_COL].tolist(), prep)
-        engine = Engine(model, self.config.device, self.config.amp)
-        budget = self.token_budget(pick_device(self.config.device), prep["max_len"])
-        shapes = dict(pad_to_multiple_of=self.config.pad_to_multiple_of, max_len=prep["max_len"])
-        loader = (make_token_loader(tokens, budget, pad, **shapes) if budget
-                  else make_loader(tokens, None, self.config.eval_batch_size, False, pad, **shapes))
-        logger.info("%s: predicting %d essays on %s, autocast %s, %s", Path(fold_dir).name, len(df), engine.device,
-                    precision_name(engine.amp_dtype), f"batches of <= {budget} tokens" if budget
-                    else f"batches of {self.config.eval_batch_size}")
-        return predict(engine, loader)
+        stores: dict[str, PrefixStore | None] = {}
+        out = []
+        for fold_dir in fold_dirs:
+            model, tokenizer = self.load_fold(fold_dir)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            prep = self.fold_preprocess(fold_dir)
+            tokens = self._tokens(tokenizer, df[TEXT_COL].tolist(), prep)
+            engine = Engine(model, self.config.device, self.config.amp)
+            rows = None
+            if PrefixPlan.build(model.backbone, self.config.freeze_layers, model.pooler, self.config.prefix_cache):
+                frozen = frozen_digest(model.backbone)
+                if frozen not in stores:
+                    stores[frozen] = self._prefix(model, engine, tokens, pad, None)
+                elif stores[frozen] is not None:
+                    model.prefix = (PrefixPlan.build(model.backbone, self.config.freeze_layers, model.pooler),
+                                    stores[frozen])
+                rows = None if stores[frozen] is None else stores[frozen].rows(tokens)
+            budget = self.token_budget(pick_device(self.config.device), prep["max_len"])
+            shapes = dict(pad_to_multiple_of=self.config.pad_to_multiple_of, max_len=prep["max_len"],
+                          prefix_rows=rows)
+            loader = (make_token_loader(tokens, budget, pad, **shapes) if budget
+                      else make_loader(tokens, None, self.config.eval_batch_size, False, pad, **shapes))
+            logger.info("%s: predicting %d essays on %s, autocast %s, %s", Path(fold_dir).name, len(df),
+                        engine.device, precision_name(engine.amp_dtype), f"batches of <= {budget} tokens" if budget
+                        else f"batches of {self.config.eval_batch_size}")
+            out.append(predict(engine, loader))
+        return out
+
+    def predict_folds(self, df: pd.DataFrame, fold_dirs: list[Path]) -> np.ndarray:
+        return np.mean([p for p, _ in self._predict_many(df, fold_dirs)], axis=0)
 
     def token_budget(self, device: torch.device, max_len: int) -> int:
         """Tokens per prediction batch (0: fixed batches of eval_batch_size); see TransformerConfig.eval_tokens."""

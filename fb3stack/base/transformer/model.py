@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -10,6 +11,7 @@ from torch import nn
 from fb3stack.base.transformer.backbone import encoder_layers
 from fb3stack.base.transformer.config import TransformerConfig
 from fb3stack.base.transformer.poolers import make_pooler
+from fb3stack.base.transformer.prefix import replay
 from fb3stack.constants import TARGETS
 
 logger = logging.getLogger(__name__)
@@ -25,16 +27,29 @@ class FB3Model(nn.Module):
         self.fc = nn.Linear(self.pooler.out_dim, len(TARGETS))
         nn.init.normal_(self.fc.weight, std=getattr(backbone.config, "initializer_range", 0.02))
         nn.init.zeros_(self.fc.bias)
+        # (PrefixPlan, PrefixStore) when the frozen prefix is computed once (prefix.py); batches then carry
+        # `prefix_rows`, the essays' rows in the store. A plain attribute: not a module, not in the state dict
+        self.prefix: tuple | None = None
         compile_model(self, cfg.compile, cfg.compile_mode, cfg.compile_dynamic, shapes=expected_shapes(cfg))
 
     def set_bias(self, mean: torch.Tensor) -> None:
         with torch.no_grad():
             self.fc.bias.copy_(mean)
 
-    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def pool(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             prefix_rows: torch.Tensor | None = None) -> torch.Tensor:
         need_all = self.pooler.needs_hidden_states
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_all)
+        with self._replay(input_ids, prefix_rows):
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=need_all)
         return self.pooler(out.last_hidden_state, out.hidden_states if need_all else None, attention_mask)
+
+    def _replay(self, input_ids: torch.Tensor, prefix_rows: torch.Tensor | None) -> contextlib.AbstractContextManager:
+        """The frozen prefix from the store instead of computed (prefix.replay), when there is one."""
+        if self.prefix is None or prefix_rows is None:
+            return contextlib.nullcontext()
+        plan, store = self.prefix
+        states = store.gather(prefix_rows, input_ids.shape[1], input_ids.device)
+        return replay(self.backbone, plan, store, states, tuple(input_ids.shape))
 
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -42,9 +57,10 @@ class FB3Model(nn.Module):
         # multi-sample dropout: same features, several dropout masks, averaged predictions
         return torch.stack([self.fc(d(pooled)) for d in self.dropouts]).mean(0)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prefix_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(predictions (B, 6), pooled features (B, out_dim))."""
-        pooled = self.pool(input_ids, attention_mask)
+        pooled = self.pool(input_ids, attention_mask, prefix_rows)
         return self.head(pooled), pooled
 
 

@@ -49,7 +49,7 @@ def _predict_local(engine: Engine, loader: DataLoader) -> tuple[np.ndarray, np.n
     for batch in tqdm(loader, desc="predict", leave=False, mininterval=2):
         batch = engine.to_device(batch)
         with engine.autocast():
-            p, f = model(batch["input_ids"], batch["attention_mask"])
+            p, f = model(batch["input_ids"], batch["attention_mask"], batch.get("prefix_rows"))
         preds.append(p.float())  # stays on the device: one host copy at the end, not a sync per batch
         feats.append(f.float())
     model.train(was_training)
@@ -77,8 +77,10 @@ class FitOutcome:
 
 
 def eval_steps(cfg: TransformerConfig, steps_per_epoch: int) -> set[int]:
-    """Optimiser steps after which to evaluate: every epoch's last step, plus the config's in-epoch cadence
-    (evals_per_epoch evenly spaced, or every eval_every steps) at positions from epoch eval_start on."""
+    """Optimiser steps after which to evaluate: the end of training, every epoch end from epoch position
+    eval_start on, and the config's in-epoch cadence (evals_per_epoch evenly spaced, or every eval_every steps)
+    from there on. Evaluations before eval_start would only cost a pass over the fold's validation essays: the
+    kept checkpoint is one from the low-rate end of the schedule."""
     total = steps_per_epoch * cfg.epochs
     ends = {steps_per_epoch * (e + 1) for e in range(cfg.epochs)}
     if cfg.eval_every:
@@ -86,7 +88,8 @@ def eval_steps(cfg: TransformerConfig, steps_per_epoch: int) -> set[int]:
     else:
         extra = {e * steps_per_epoch + round(k * steps_per_epoch / cfg.evals_per_epoch)
                  for e in range(cfg.epochs) for k in range(1, cfg.evals_per_epoch)}
-    return ends | {s for s in extra if 0 < s <= total and s / steps_per_epoch >= cfg.eval_start - 1e-9}
+    late = {s for s in ends | extra if 0 < s <= total and s / steps_per_epoch >= cfg.eval_start - 1e-9}
+    return late | {total}
 
 
 class Trainer:
@@ -97,7 +100,7 @@ class Trainer:
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self.engine.autocast():
-            preds, _ = self.engine.model(batch["input_ids"], batch["attention_mask"])
+            preds, _ = self.engine.model(batch["input_ids"], batch["attention_mask"], batch.get("prefix_rows"))
             return self.loss_fn(preds, batch["labels"])
 
     def fit(self, train_loader: DataLoader, valid_loader: DataLoader, y_valid: np.ndarray,
@@ -149,8 +152,9 @@ class Trainer:
             bar.close()
             if stop:
                 break
-            stop = self.evaluate(valid_loader, y_valid, step, epoch + 1.0, run_loss, run_n, grad_norm)
-            run_loss, run_n = torch.zeros_like(run_loss), 0
+            if step in evals:
+                stop = self.evaluate(valid_loader, y_valid, step, epoch + 1.0, run_loss, run_n, grad_norm)
+                run_loss, run_n = torch.zeros_like(run_loss), 0
             if stop:
                 break
         tracking.finish(engine.accelerator)
