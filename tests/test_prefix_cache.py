@@ -32,6 +32,10 @@ ARCHS = {
 }
 
 
+def _no_autocast() -> torch.autocast:
+    return torch.autocast("cpu", enabled=False)
+
+
 def _model(arch: str, freeze: int, pooler: str, seed: int = 0) -> FB3Model:
     torch.manual_seed(seed)
     config = ARCHS[arch]()
@@ -65,7 +69,7 @@ def test_cached_path_equals_plain_frozen_path(arch, freeze, pooler):
     tokens = _essays()
     plan = PrefixPlan.build(model.backbone, freeze, model.pooler)
     assert plan is not None and f"layer{freeze - 1}" in plan.keep
-    store = compute_prefix(model.backbone, plan, tokens, torch.autocast("cpu", enabled=False), torch.device("cpu"),
+    store = compute_prefix(model.backbone, plan, tokens, _no_autocast, torch.device("cpu"),
                            None)
     ids, mask = _batch(tokens[2:9])
     y = torch.rand(len(ids), 6) + 2.5
@@ -97,7 +101,7 @@ def test_cached_path_skips_the_frozen_layers():
     model = _model("bert", 2, "mean")
     tokens = _essays()
     plan = PrefixPlan.build(model.backbone, 2, model.pooler)
-    store = compute_prefix(model.backbone, plan, tokens, torch.autocast("cpu", enabled=False), torch.device("cpu"),
+    store = compute_prefix(model.backbone, plan, tokens, _no_autocast, torch.device("cpu"),
                            None)
     calls = []
     layers = model.backbone.encoder.layer
@@ -120,7 +124,9 @@ def test_bf16_cached_path_within_storage_rounding():
     model = _model("bert", 1, "weighted-layer")
     tokens = _essays(8)
     plan = PrefixPlan.build(model.backbone, 1, model.pooler)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
     store = compute_prefix(model.backbone, plan, tokens, autocast, torch.device("cpu"), torch.bfloat16)
     assert {a.dtype for a in store.states.values()} == {np.dtype("float16")}
     ids, mask = _batch(tokens)
@@ -137,7 +143,7 @@ def test_store_on_disk_is_reused_and_damage_is_recomputed(tmp_path, caplog):
     tokens = _essays()
     plan = PrefixPlan.build(model.backbone, 2, model.pooler)
     assert plan.keep[0] == "embeddings"  # the conv after layer 0 reads the embeddings again
-    off = torch.autocast("cpu", enabled=False)
+    off = _no_autocast
     first = compute_prefix(model.backbone, plan, tokens, off, torch.device("cpu"), None, tmp_path)
     expected = {name: np.array(a) for name, a in first.states.items()}  # a copy: the store is memory-mapped
     (folder,) = tmp_path.glob("prefix-*")
@@ -168,7 +174,7 @@ def test_store_on_disk_is_reused_and_damage_is_recomputed(tmp_path, caplog):
 
 
 def test_store_key_changes_with_weights_essays_and_depth(tmp_path):
-    off, cpu = torch.autocast("cpu", enabled=False), torch.device("cpu")
+    off, cpu = _no_autocast, torch.device("cpu")
     tokens = _essays()
     model = _model("bert", 2, "mean")
     plan = PrefixPlan.build(model.backbone, 2, model.pooler)

@@ -151,7 +151,7 @@ class TransformerMember(Member):
         if plan is None:
             return None
         t0 = time.perf_counter()
-        store = compute_prefix(engine.unwrapped.backbone, plan, tokens, engine.autocast(), engine.device,
+        store = compute_prefix(engine.unwrapped.backbone, plan, tokens, engine.autocast, engine.device,
                                engine.amp_dtype, folder, pad, batch_tokens=self.config.eval_batch_size * 512)
         if store is not None:
             model.prefix = (plan, store)

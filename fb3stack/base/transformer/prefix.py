@@ -37,7 +37,7 @@ import contextlib
 import hashlib
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,10 +194,11 @@ class _Overflow(Exception):
 
 
 @torch.inference_mode()
-def compute_prefix(backbone: nn.Module, plan: PrefixPlan, tokens: list[np.ndarray], autocast: object,
+def compute_prefix(backbone: nn.Module, plan: PrefixPlan, tokens: list[np.ndarray],
+                   autocast: Callable[[], contextlib.AbstractContextManager],
                    device: torch.device, amp_dtype: torch.dtype | None, folder: Path | None = None,
                    pad_id: int = 0, batch_tokens: int = 16384) -> PrefixStore | None:
-    """The kept outputs for `tokens` (each distinct essay once): from `folder` when a sound store of the same key
+    """The kept outputs for `tokens` (each distinct essay once; `autocast`: makes the training autocast context): from `folder` when a sound store of the same key
     is there, else computed (and stored there). None when a kept output exceeds fp16's range (the caller then
     runs the plain frozen forward: a store never holds inf for a finite activation)."""
     unique = list({essay_key(t): t for t in tokens}.items())
@@ -238,7 +239,7 @@ def compute_prefix(backbone: nn.Module, plan: PrefixPlan, tokens: list[np.ndarra
                 for b, r in enumerate(rows):
                     ids[b, : lengths[r]] = torch.from_numpy(unique[r][1].astype(np.int64))
                     mask[b, : lengths[r]] = 1
-                with autocast:
+                with autocast():
                     backbone(input_ids=ids.to(device), attention_mask=mask.to(device))
                 for name in plan.keep:
                     out = captured[name].float().cpu().numpy()
