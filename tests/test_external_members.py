@@ -156,6 +156,7 @@ def test_recipe_submission_is_the_blend_of_each_essays_own_predictions(recipe, t
     bundle = tmp_path / "bundle"
     assert sorted(p.relative_to(bundle).as_posix() for p in (bundle / "external").rglob("*.*")) == [
         "external/stats-a/stats-a_test.csv", "external/stats-b/stats-b_test.parquet"]
+    assert "--member-test <member>=<file>" in (bundle / "README.md").read_text()
     for text in ((bundle / "blend/spec.json").read_text(), (bundle / "blend/config.yaml").read_text()):
         assert str(root) not in text  # no path of the training machine
     for path in [bundle, *bundle.rglob("*")]:

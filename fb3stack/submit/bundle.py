@@ -194,7 +194,7 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
             # the libraries its pickles and checkpoints were written with; predict compares them with the image's
             "versions": versions,
         })
-        write_text(tmp / "README.md", bundle_readme(plan.members, versions))
+        write_text(tmp / "README.md", bundle_readme(plan.members, versions, list(plan.external)))
         umask_permissions(tmp)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     logger.info("bundle written to %s (%.1f MB, members: %s)", out, size / 2**20, plan.members)
@@ -242,10 +242,17 @@ def _portable_entry(entry: object, external: dict[str, str]) -> object:
 KAGGLE_DATA = "/kaggle/input/feedback-prize-english-language-learning"
 
 
-def bundle_readme(members: list[str], versions: dict[str, str | None]) -> str:
+def bundle_readme(members: list[str], versions: dict[str, str | None], external: list[str] | None = None) -> str:
     """The bundle's README: how to predict on Kaggle, writing to /kaggle/working (the bundle is read-only there),
-    and which libraries the image must already have, since the bundle does not ship them."""
+    which libraries the image must already have, since the bundle does not ship them, and what the outside
+    members' bundled test predictions cover."""
     libs = [f"{name} {v}" for name, v in versions.items() if v is not None]
+    outside = "" if not external else f"""
+Outside members ({", ".join(external)}) have no models here, only their predictions for the test essays they were
+made for (`{EXTERNAL}/<member>/`): on other essays (a code competition's rerun on its hidden test set) `predict`
+refuses them (ids differ) unless each is given the same model's predictions for that test file:
+`--member-test <member>=<file>` (text_id + six traits).
+"""
     return f"""# fb3stack offline bundle
 
 Members: {", ".join(members)}. Everything fb3stack needs to predict is in this folder; no network is used, and
@@ -271,4 +278,4 @@ fb3stack predict --bundle /kaggle/input/<this-bundle> \\
 
 Cached member predictions go to the system's temporary folder (`--cache DIR` to choose), never into the bundle
 or /kaggle/working.
-"""
+{outside}"""
