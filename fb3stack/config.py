@@ -151,6 +151,9 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        classes = [a for a in args if dataclasses.is_dataclass(a)]
+        if isinstance(value, dict) and len(classes) == 1:  # a mapping can only mean the dataclass: name its error
+            return from_dict(classes[0], value, where)
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(arg, value, where)

@@ -215,8 +215,10 @@ def load_sample_submission(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def check_same_ids(sample: pd.DataFrame, test: pd.DataFrame, sample_path: str | os.PathLike,
-                   test_path: str | os.PathLike, shown: int = 5) -> None:
-    """The sample submission must list exactly the test file's ids; the error names the first few that differ."""
+                   test_path: str | os.PathLike, shown: int = 5,
+                   hint: str = "Pass the sample submission of this test file") -> None:
+    """The sample submission (or another file of test rows: `hint` says what to do) must list exactly the test
+    file's ids; the error names the first few that differ on each side."""
     sample_ids, test_ids = set(sample[ID_COL]), set(test[ID_COL])
     if sample_ids == test_ids:
         return
@@ -226,8 +228,8 @@ def check_same_ids(sample: pd.DataFrame, test: pd.DataFrame, sample_path: str | 
         if ids:
             more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
             parts.append(f"{len(ids)} id(s) {where}: {', '.join(ids[:shown])}{more}")
-    raise DataError("ids differ from the test file's: " + "; ".join(parts) + ". Pass the sample submission of this "
-                    "test file", file=sample_path, column=ID_COL)
+    raise DataError("ids differ from the test file's: " + "; ".join(parts) + f". {hint}", file=sample_path,
+                    column=ID_COL)
 
 
 def subsample(df: pd.DataFrame, limit: int | None, seed: int) -> pd.DataFrame:

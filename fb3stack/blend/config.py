@@ -67,11 +67,25 @@ def default_methods() -> list[MethodConfig]:
 
 
 @dataclass
+class MemberFiles:
+    """A model trained outside the workspace, as one blend member: its OOF file and the same model's predictions
+    for the test essays (both CSV or parquet: text_id + six traits), `- {oof: a_oof.csv, test: a_test.csv}`.
+
+    With `test`, `fb3stack predict` blends those predictions (aligned to the test CSV by text_id, checked against
+    the sha256 recorded when the blend was fitted); without it the member is scored but the blend cannot predict.
+    `name` defaults to the OOF file's name without its suffix and a trailing `_oof` / `_oof_df`."""
+
+    oof: str
+    test: str | None = None
+    name: str | None = None
+
+
+@dataclass
 class BlendConfig:
     name: str = "blend"
-    # workspace member names, OOF file paths or glob patterns (fb3stack.config.resolve_path: the YAML's folder,
-    # then the current folder)
-    members: list[str] = field(default_factory=list)
+    # workspace member names, OOF file paths or glob patterns, or {oof, test} file pairs of an outside model
+    # (fb3stack.config.resolve_path: the YAML's folder, then the current folder)
+    members: list[str | MemberFiles] = field(default_factory=list)
     methods: list[MethodConfig] = field(default_factory=default_methods)
     # appended to `methods`, so a YAML can add a method (e.g. the LightGBM stacker) and keep the default list
     extra_methods: list[MethodConfig] = field(default_factory=list)

@@ -19,6 +19,7 @@ from fb3stack.blend.inputs import meta_features
 from fb3stack.blend.methods import Blender
 from fb3stack.constants import SCORE_MAX, SCORE_MIN
 from fb3stack.io import read_json
+from fb3stack.workspace import MissingArtefactError
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ SPEC_FILE = "spec.json"
 MODEL_FILE = "blender.joblib"
 
 
-class BlendPredictError(RuntimeError):
-    """A blend that cannot predict new essays (e.g. it includes external OOF files)."""
+class BlendPredictError(MissingArtefactError):
+    """A blend that cannot predict new essays: it includes external OOF files without their test predictions.
+    A user error (the CLI's one `error:` line, exit 2): the missing thing is those files."""
 
 
 @dataclass
@@ -43,11 +45,32 @@ class FittedBlend:
 
     @property
     def external_members(self) -> list[str]:
+        """Members that are OOF files of outside models (with or without test predictions)."""
         return list(self.spec.get("external_members", []))
 
     @property
+    def member_tests(self) -> dict[str, dict[str, str]]:
+        """Outside member -> {"file": its test predictions, "sha256": their hash when the blend was fitted}; a
+        relative file is the bundle's (fb3stack.submit.bundle)."""
+        return dict(self.spec.get("member_tests") or {})
+
+    @property
+    def without_test(self) -> list[str]:
+        """Outside members that have no test predictions: the blend cannot predict while it has any."""
+        return [name for name in self.external_members if name not in self.member_tests]
+
+    @property
     def can_predict(self) -> bool:
-        return not self.external_members
+        return not self.without_test
+
+    def check_can_predict(self) -> None:
+        if not self.can_predict:
+            raise BlendPredictError(
+                f"{self.blend_dir}: this blend includes external OOF files without test predictions "
+                f"{self.without_test}: they have no models to predict new essays, so the blend can be scored but "
+                "not used for prediction. Give each as {oof: <its OOF file>, test: <its test predictions>} in the "
+                "blend's members and blend again, or blend without them."
+            )
 
     @property
     def meta_features(self) -> list[str]:
@@ -58,12 +81,7 @@ class FittedBlend:
 
         `meta` is the essays' DataFrame (with full_text) when the blend uses meta-features.
         """
-        if not self.can_predict:
-            raise BlendPredictError(
-                f"{self.blend_dir}: this blend includes external OOF files {self.external_members}; they have no "
-                "models to predict new essays, so the blend can be scored but not used for prediction. Blend "
-                "workspace members only to predict."
-            )
+        self.check_can_predict()
         if len(member_preds) != len(self.members):
             raise ValueError(f"expected predictions of {len(self.members)} members {self.members}, "
                              f"got {len(member_preds)}")
@@ -89,6 +107,6 @@ def load_fitted_blend(blend_dir: str | os.PathLike) -> FittedBlend:
     model = joblib.load(blend_dir / spec.get("model_file", MODEL_FILE))
     blend = FittedBlend(blend_dir, spec, model)
     if not blend.can_predict:
-        logger.warning("%s includes external OOF files %s: it can be scored but cannot predict new essays",
-                       blend_dir, blend.external_members)
+        logger.warning("%s includes external OOF files without test predictions %s: it can be scored but cannot "
+                       "predict new essays", blend_dir, blend.without_test)
     return blend

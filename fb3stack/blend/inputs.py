@@ -2,9 +2,13 @@
 
 Each blend input (`BlendInput`) is one first-layer member's OOF: a workspace model folder
 (models/<name>/oof.parquet: text_id, fold, six traits) or an external OOF file (CSV or parquet with text_id
-and the six traits, e.g. the public FB3 OOFs). Inputs are aligned to the label order of train.csv; different
-id sets, NaN, duplicate ids and members trained on different folds are refused with a DataError naming the
-file, the row or id, and the column.
+and the six traits, e.g. the public FB3 OOFs), optionally paired with the same model's test predictions
+(`MemberFiles`: `{oof: a_oof.csv, test: a_test.csv}`), which is what lets a blend of it predict. Inputs are
+aligned to the label order of train.csv; different id sets, NaN, duplicate ids and members trained on different
+folds are refused with a DataError naming the file, the row or id, and the column. A test-prediction file is
+checked here as far as it can be without the test CSV (columns, duplicates, NaN, values on the score scale:
+`read_test_predictions`); its ids are checked against the test CSV, and its hash against the blend's record,
+when `fb3stack predict` uses it (fb3stack/submit/predict.py).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fb3stack.blend.config import MemberFiles
 from fb3stack.config import glob_paths, resolve_path
-from fb3stack.constants import FOLD_COL, ID_COL, TARGETS, TEXT_COL
+from fb3stack.constants import FOLD_COL, ID_COL, PREDICTION_RANGE, TARGETS, TEXT_COL
 from fb3stack.data import DataError
 from fb3stack.io import sha256_file, sha256_file_cached
 from fb3stack.workspace import Workspace, read_manifest
@@ -36,27 +41,37 @@ class BlendInput:
     path: Path  # the OOF file read
     preds: np.ndarray  # (n, 6) in label order
     folds: np.ndarray | None  # (n,) fold of each row when the file has a fold column
-    external: bool  # True for an OOF file outside the workspace: it can be scored but cannot predict new essays
+    external: bool  # True for an OOF file outside the workspace: it predicts new essays only with test_path
     sha256: str
     content_hash: str | None = None  # a workspace member's content hash (config + fold models) from its manifest
+    test_path: Path | None = None  # an external member's test predictions (text_id + six traits), if given
+    test_sha256: str | None = None  # recorded in the blend's spec; predict and bundle refuse a changed file
+
+    @property
+    def file_hashes(self) -> str | list[str]:
+        """What of the member's files a blend depends on: the OOF, and the test predictions it would submit."""
+        return self.sha256 if self.test_sha256 is None else [self.sha256, self.test_sha256]
 
 
-def read_oof(path: str | Path) -> pd.DataFrame:
+def read_oof(path: str | Path, what: str = "OOF file") -> pd.DataFrame:
+    """A predictions file (CSV, or parquet by its suffix) with text_id and the six traits."""
     path = Path(path)
     if not path.is_file():
-        raise DataError("OOF file not found", file=path)
+        raise DataError(f"{what} not found", file=path)
     try:
         df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     except Exception as err:  # noqa: BLE001 - any reader failure is a bad input file
-        raise DataError(f"cannot read OOF file: {err}", file=path) from err
+        raise DataError(f"cannot read {what}: {err}", file=path) from err
     missing = [c for c in (ID_COL, *TARGETS) if c not in df.columns]
     if missing:
         raise DataError(f"missing column(s) {missing}; found {list(df.columns)}", file=path, column=missing[0])
     return df
 
 
-def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFrame:
-    """Refuse duplicates, NaN/non-numeric predictions and id sets that differ from the labels'."""
+def check_prediction_rows(df: pd.DataFrame, path: Path, value_range: tuple[float, float] | None = None
+                          ) -> pd.Series:
+    """Refuse duplicate ids and NaN/non-numeric predictions (and, with `value_range`, values outside it), naming
+    the first bad row (1-based, header not counted); returns the ids, stripped."""
     ids = df[ID_COL].astype(str).str.strip()
     dup = ids.duplicated(keep=False).to_numpy()
     if dup.any():
@@ -70,6 +85,29 @@ def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFram
             i = int(bad[0])
             raise DataError(f"NaN or non-numeric prediction ({len(bad)} such rows)", file=path, row=i + 1,
                             column=col, text_id=ids.iloc[i])
+        if value_range is not None:
+            lo, hi = value_range
+            bad = np.flatnonzero((values < lo) | (values > hi))
+            if len(bad):
+                i = int(bad[0])
+                raise DataError(f"prediction {values[i]:g} is outside [{lo:g}, {hi:g}] ({len(bad)} such rows): "
+                                "not on the traits' 1-5 scale (another scale, or columns mixed up?)", file=path,
+                                row=i + 1, column=col, text_id=ids.iloc[i])
+    return ids
+
+
+def read_test_predictions(path: str | Path) -> pd.DataFrame:
+    """An outside model's test predictions, checked as far as they can be without the test CSV: the columns,
+    duplicate ids, NaN and values off the score scale (`PREDICTION_RANGE`). Ids are stripped strings."""
+    path = Path(path)
+    df = read_oof(path, "test-prediction file")
+    ids = check_prediction_rows(df, path, PREDICTION_RANGE)
+    return df.assign(**{ID_COL: ids})
+
+
+def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFrame:
+    """Refuse duplicates, NaN/non-numeric predictions and id sets that differ from the labels'."""
+    ids = check_prediction_rows(df, path)
     if FOLD_COL in df.columns:
         folds = pd.to_numeric(df[FOLD_COL], errors="coerce")
         bad = np.flatnonzero((folds.isna() | (folds < 0) | (folds != folds.round())).to_numpy())
@@ -90,9 +128,17 @@ def check_oof(df: pd.DataFrame, path: Path, label_ids: pd.Series) -> pd.DataFram
     return df.assign(**{ID_COL: ids})
 
 
-def load_input(entry: str, label_ids: pd.Series, ws: Workspace | None, base_dir: Path | None = None) -> BlendInput:
-    """`entry` (of the blend config's `members:`) is a workspace member name (models/<entry>/oof.parquet) or a path
-    to an OOF file."""
+def external_name(path: Path) -> str:
+    """An OOF file's member name: its stem without a trailing `_oof_df` / `_oof` (the public FB3 OOFs' names)."""
+    return path.stem.removesuffix("_oof_df").removesuffix("_oof")
+
+
+def load_input(entry: str | MemberFiles, label_ids: pd.Series, ws: Workspace | None, base_dir: Path | None = None
+               ) -> BlendInput:
+    """`entry` (of the blend config's `members:`) is a workspace member name (models/<entry>/oof.parquet), a path
+    to an OOF file, or an outside model's OOF + test-prediction files (`MemberFiles`)."""
+    if isinstance(entry, MemberFiles):
+        return _load_files(entry, label_ids, base_dir)
     model_dir = ws.model_dir(entry) if ws is not None else None
     content = None
     if model_dir is not None and (model_dir / OOF_FILE).is_file():
@@ -106,11 +152,30 @@ def load_input(entry: str, label_ids: pd.Series, ws: Workspace | None, base_dir:
                                 file=model_dir / OOF_FILE)
             where = f" nor a model in {ws.root / 'models'}" if ws is not None else ""
             raise DataError(f"member '{entry}' is neither an OOF file{where}", file=path)
-        name, external = path.stem.removesuffix("_oof_df").removesuffix("_oof"), True
+        name, external = external_name(path), True
+    preds, folds = _aligned_oof(path, label_ids)
+    return BlendInput(name, path, preds, folds, external, sha256_file(path), content)
+
+
+def _aligned_oof(path: Path, label_ids: pd.Series) -> tuple[np.ndarray, np.ndarray | None]:
     df = check_oof(read_oof(path), path, label_ids).set_index(ID_COL).loc[label_ids.to_numpy()]
     preds = df[list(TARGETS)].to_numpy(dtype=np.float64)
     folds = df[FOLD_COL].to_numpy().astype(int) if FOLD_COL in df.columns else None
-    return BlendInput(name, path, preds, folds, external, sha256_file(path), content)
+    return preds, folds
+
+
+def _load_files(entry: MemberFiles, label_ids: pd.Series, base_dir: Path | None) -> BlendInput:
+    """An outside model: its OOF, and its test predictions checked now (a bad file is found at `blend`, not at
+    the last step of a submission notebook) and hashed for the blend's record."""
+    path = resolve_path(entry.oof, base_dir)
+    preds, folds = _aligned_oof(path, label_ids)
+    test_path = test_sha = None
+    if entry.test is not None:
+        test_path = resolve_path(entry.test, base_dir).resolve()
+        read_test_predictions(test_path)
+        test_sha = sha256_file(test_path)
+    return BlendInput(entry.name or external_name(path), path, preds, folds, True, sha256_file(path),
+                      test_path=test_path, test_sha256=test_sha)
 
 
 def _checked_workspace_oof(model_dir: Path) -> str | None:
@@ -132,11 +197,12 @@ def _checked_workspace_oof(model_dir: Path) -> str | None:
     return str(manifest["content_hash"])
 
 
-def expand_entries(entries: list[str], base_dir: Path | None = None) -> list[str]:
-    """Expand glob patterns (`fb3stack.config.glob_paths`: the YAML's folder first); names pass through."""
-    out: list[str] = []
+def expand_entries(entries: list[str | MemberFiles], base_dir: Path | None = None) -> list[str | MemberFiles]:
+    """Expand glob patterns (`fb3stack.config.glob_paths`: the YAML's folder first); names and file pairs pass
+    through."""
+    out: list[str | MemberFiles] = []
     for entry in entries:
-        if any(ch in entry for ch in "*?["):
+        if isinstance(entry, str) and any(ch in entry for ch in "*?["):
             hits = glob_paths(entry, base_dir)
             if not hits:
                 raise DataError(f"member pattern '{entry}' matches no file", file=resolve_path(entry, base_dir))
@@ -146,7 +212,7 @@ def expand_entries(entries: list[str], base_dir: Path | None = None) -> list[str
     return out
 
 
-def load_members(entries: list[str], labels: pd.DataFrame, ws: Workspace | None = None,
+def load_members(entries: list[str | MemberFiles], labels: pd.DataFrame, ws: Workspace | None = None,
                  base_dir: Path | None = None) -> list[BlendInput]:
     """Load and align every member; refuse members whose fold columns disagree."""
     label_ids = labels[ID_COL].astype(str)

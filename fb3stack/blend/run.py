@@ -1,7 +1,8 @@
 """Run a blend: load members, score every method by nested CV, keep the best, write workspace/blends/<name>/.
 
     blends/<name>/config.yaml     the BlendConfig used
-    blends/<name>/spec.json       chosen method, members in order, per-trait weights or the stacker file, clip
+    blends/<name>/spec.json       chosen method, members in order, per-trait weights or the stacker file, clip,
+                                  and each outside member's test-prediction file with its sha256 (member_tests)
     blends/<name>/blender.joblib  the chosen method refitted on all OOF rows
     blends/<name>/oof.parquet     text_id(, fold), six traits: the chosen method's nested-CV (held-out) predictions
     blends/<name>/table.csv, .md  every member and method: in-sample vs nested MCRMSE, per trait, wall time,
@@ -175,7 +176,7 @@ def manifest_hashes(cfg: BlendConfig, labels: pd.DataFrame, members: list[BlendI
                     outer_folds: np.ndarray | None) -> dict[str, str]:
     """What a saved blend was made from; `fb3stack status` recomputes these to tell a fresh blend from a stale one."""
     return {"data_hash": fingerprint(labels), "config_hash": sha256_json(to_dict(cfg)),
-            "members_hash": sha256_json({m.name: m.sha256 for m in members}),
+            "members_hash": sha256_json({m.name: m.file_hashes for m in members}),
             "folds_hash": sha256_json(outer_desc if outer_folds is None else outer_folds.tolist())}
 
 
@@ -194,6 +195,16 @@ def _unchanged_blend(folder: Path, hashes: dict[str, str], member_hashes: dict[s
                        oof[list(TARGETS)].to_numpy(), spec["outer"], folds, spec.get("honest_mcrmse"))
 
 
+def warn_cannot_predict(members: list[BlendInput]) -> None:
+    """Said at `blend`, not first at the last step of a submission: an OOF file without its model's test
+    predictions is scored, but a blend of it cannot predict."""
+    alone = [m for m in members if m.external and m.test_path is None]
+    for m in alone:
+        logger.warning("member '%s' (%s) is an OOF file without test predictions: it is scored, but this blend "
+                       "cannot predict (predict and bundle refuse it); give the member as {oof: %s, test: "
+                       "<its test predictions>} to submit with it", m.name, m.path, m.path.name)
+
+
 def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: str | os.PathLike | None = None,
               write: bool = True, labels: pd.DataFrame | None = None) -> BlendResult:
     """Score every method, keep the best by nested score, write blends/<name>/.
@@ -209,6 +220,7 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
     ws = Workspace.at(workspace) if workspace is not None else None
     labels = workspace_label_ids(ws, labels)
     members = load_members(cfg.members, labels, ws, base_dir)
+    warn_cannot_predict(members)
     names = [m.name for m in members]
     P, y = np.stack([m.preds for m in members]), labels[list(TARGETS)].to_numpy(dtype=np.float64)
     splits, outer_folds, outer_desc = resolve_outer(cfg, members, labels, base_dir)
@@ -233,6 +245,9 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
         "name": cfg.name, "method": chosen, "kind": spec_cfg.kind, "params": spec_cfg.params,
         "selection": to_dict(cfg.selection) if cfg.selection.enabled else None,
         "members": names, "external_members": external, "member_files": [str(m.path) for m in members],
+        # what predict blends for an outside member, and the file's sha256 it refuses any other content of
+        "member_tests": {m.name: {"file": str(m.test_path), "sha256": m.test_sha256}
+                         for m in members if m.test_path is not None},
         "meta_features": cfg.meta_features if spec_cfg.meta else [], "uses_meta": bool(spec_cfg.meta),
         "clip": [SCORE_MIN, SCORE_MAX], "model_file": MODEL_FILE, "outer": outer_desc,
         "nested_mcrmse": float(methods.set_index("name").loc[chosen, "nested"]),

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     if "blend" in load_yaml(args.config):  # a zoo YAML: read the labels with the zoo's data settings, as `run` does
         _, labels = load_training_data(load_run_config(args.config).data, args.data_dir)
     if not Path(args.workspace).expanduser().is_dir():
-        names = [spec for spec in cfg.members if not glob_paths(spec, config_dir(cfg.source))]
+        names = [spec for spec in cfg.members if isinstance(spec, str) and not glob_paths(spec, config_dir(cfg.source))]
         if names:  # workspace members in a workspace that is not there: refused before the folder is made
             Workspace.existing(args.workspace)
     ws = Workspace.at(args.workspace)

@@ -45,13 +45,16 @@ def dry_run(args: argparse.Namespace) -> int:
 
     plan = plan_bundle(args.workspace, args.blend)
     rows, total = [], 0
-    for name in plan.members:
+    for name in plan.model_members:
         folds = [copied_bytes(f, tuple(PREDICT_UNUSED)) for f in plan.fold_dirs(name)]
         total += sum(folds)
         rows.append({"member": name, "kind": plan.configs[name].kind, "folds": len(folds),
                      "per fold": human_bytes(sum(folds) / len(folds)), "member total": human_bytes(sum(folds))})
     rows += [{"member": f"backbone {spec}", "member total": human_bytes(copied_bytes(folder, BACKBONE_SKIP))}
              for spec, folder in plan.backbones.items()]
+    rows += [{"member": name, "kind": "test predictions", "member total": human_bytes(path.stat().st_size)}
+             for name, path in plan.external.items()]
+    total += sum(path.stat().st_size for path in plan.external.values())
     total += sum(copied_bytes(folder, BACKBONE_SKIP) for folder in plan.backbones.values())
     blend = copied_bytes(plan.sources.blend_dir)
     rows.append({"member": f"blend {plan.sources.blend_dir.name}", "member total": human_bytes(blend)})

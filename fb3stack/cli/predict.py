@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "must be the test file's")
     p.add_argument("--cache", help="folder for cached member predictions (default: <workspace>/predictions; with "
                    "--bundle, fb3stack-<uid>/predictions under the system's temporary folder)")
+    p.add_argument("--member-test", action="append", default=[], metavar="NAME=FILE",
+                   help="an outside member's predictions for this test file (text_id + six traits), made by the "
+                   "same model (e.g. on a code competition's hidden test essays), instead of the file the blend "
+                   "was fitted with; repeat per member")
     p.set_defaults(func=run)
 
 
@@ -51,20 +55,30 @@ def run(args: argparse.Namespace) -> int:
             os.environ.pop("HF_HUB_OFFLINE", None)
 
 
+def member_tests(values: list[str]) -> dict[str, Path]:
+    pairs = [value.partition("=") for value in values]
+    bad = next((value for value, (name, eq, file) in zip(values, pairs) if not (name and eq and file)), None)
+    if bad is not None:
+        raise ConfigError(f"--member-test {bad!r}: expected NAME=FILE (an outside member of the blend = its test "
+                          "predictions)")
+    return {name: Path(file).expanduser() for name, _, file in pairs}
+
+
 def _run(args: argparse.Namespace) -> int:
     out = default_out(args)
+    given = member_tests(args.member_test)
     if args.bundle and args.blend:
         raise ConfigError("--blend applies to --workspace; a bundle holds one blend")
     if args.bundle:  # a bundle is not a workspace: nothing to lock, nothing written into it
         sources = PredictSources.from_bundle(args.bundle, args.cache)
         inputs = check_inputs(args.test, out, args.sample_submission)
-        sub = predict_submission(sources, args.test, out, args.sample_submission, inputs)
+        sub = predict_submission(sources, args.test, out, args.sample_submission, inputs, given)
     else:  # writes the workspace's prediction cache, so it waits for no other writer
         ws = Workspace.existing(args.workspace)
         sources = PredictSources.from_workspace(ws.root, args.blend, args.cache)
         inputs = check_inputs(args.test, out, args.sample_submission)  # a wrong file or name writes nothing
         with writing(ws, "predict"):
             log_to_workspace(ws, "predict")
-            sub = predict_submission(sources, args.test, out, args.sample_submission, inputs)
+            sub = predict_submission(sources, args.test, out, args.sample_submission, inputs, given)
     print(f"wrote {out.resolve()}: {len(sub)} essays")
     return 0

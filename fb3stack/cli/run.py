@@ -54,14 +54,25 @@ class Checked:
 
 def check_blend_members(blend_cfg, members: list[MemberConfig], where: str, imported: frozenset[str] = frozenset()
                         ) -> None:
-    """The blend's members are zoo members, members imported into the workspace (`fb3stack import`) or OOF files."""
+    """The blend's members are zoo members, members imported into the workspace (`fb3stack import`) or outside
+    models' OOF + test files; `run` ends by predicting, so an OOF file without test predictions is refused here,
+    before anything trains (`fb3stack blend` scores one)."""
     names = {m.name for m in members} | imported
     for i, spec in enumerate(blend_cfg.members):
-        if spec in names or any(ch in spec for ch in "*?["):
+        if not isinstance(spec, str):  # an outside model's {oof, test} files
+            for key, file in (("oof", spec.oof), ("test", spec.test)):
+                if file is not None and not resolve_path(file, config_dir(blend_cfg.source)).is_file():
+                    raise ConfigError(f"{where}members[{i}].{key}: {file!r} is not a file")
+            if spec.test is not None:
+                continue
+        elif spec in names:
             continue
-        if not resolve_path(spec, config_dir(blend_cfg.source)).is_file():
+        elif not any(ch in spec for ch in "*?[") and not resolve_path(spec, config_dir(blend_cfg.source)).is_file():
             raise ConfigError(f"{where}members[{i}]: {spec!r} is not a member of this zoo {sorted(names)} nor an "
                               "OOF file")
+        raise ConfigError(f"{where}members[{i}]: {getattr(spec, 'oof', spec)!r} is an OOF file without test "
+                          "predictions, and `run` ends by predicting the test essays: give it as {oof: <file>, test: "
+                          "<its test predictions>}, or score it with `fb3stack blend`, which does not predict")
 
 
 def check_zoo_blend(cfg: RunConfig, members: list[MemberConfig], workspace: str | Path):  # -> BlendConfig

@@ -5,6 +5,7 @@
     DIR/models/<member>/   config.yaml + every fold's model files (checkpoints, tokenizers, sklearn/LightGBM), and
                            what the folds share (a transformer's frozen layers, once: shared/)
     DIR/blend/             the fitted blend (spec.json, saved stacker)
+    DIR/external/<member>/ an outside member's test predictions (spec.json names them there, with their sha256)
     DIR/backbones/<slug>/  frozen backbones that members load at predict time (e.g. the MiniLM of an `embed` member)
     DIR/wheels/            the fb3stack wheel and the wheels a Kaggle image lacks
     DIR/README.md          the two lines that predict from it
@@ -14,7 +15,8 @@
 
 Only a blend whose members are unchanged since it was fitted is bundled (the same check as `predict`), and
 the members' seals (files.json) and manifests travel along, so `predict --bundle` verifies every file and
-hash again on the target machine.
+hash again on the target machine. An outside member's test predictions are bundled only when their sha256 is
+the one recorded when the blend was fitted; a blend with an OOF file that has none is refused.
 """
 
 from __future__ import annotations
@@ -35,7 +37,13 @@ from fb3stack.base.member import MemberConfig
 from fb3stack.base.runner import SavedMember, build_member
 from fb3stack.config import ConfigError, load_yaml, to_dict
 from fb3stack.io import atomic_dir, read_json, umask_permissions, write_json, write_text, write_yaml
-from fb3stack.submit.predict import PredictSources, check_blend, load_member
+from fb3stack.submit.predict import (
+    PredictSources,
+    check_blend,
+    check_recorded_test_file,
+    load_member,
+    recorded_test_file,
+)
 from fb3stack.submit.versions import library_versions
 from fb3stack.workspace import PREDICT_UNUSED, seal_folder
 
@@ -101,10 +109,16 @@ class BundlePlan:
     """What `make_bundle` copies, every member verified first (seals, content hash == the blend's record)."""
 
     sources: PredictSources
-    members: list[str]
+    members: list[str]  # every member of the blend, in its order
     hashes: dict[str, str]
     configs: dict[str, MemberConfig]
     backbones: dict[str, Path]  # spec -> model folder copied to backbones/<slug>
+    external: dict[str, Path]  # outside member -> its test-prediction file, copied to external/<member>/
+
+    @property
+    def model_members(self) -> list[str]:
+        """The members whose fold models are copied (those trained in a workspace)."""
+        return [name for name in self.members if name not in self.external]
 
     def fold_dirs(self, name: str) -> list[Path]:
         return SavedMember(self.configs[name], self.sources.models_root / name).fold_dirs
@@ -116,13 +130,20 @@ def plan_bundle(workspace: str | os.PathLike, blend: str | None = None) -> Bundl
     sources = PredictSources.from_workspace(workspace, blend)
     expected = check_blend(sources.blend_dir)
     fitted = load_fitted_blend(sources.blend_dir)
-    # every member verified (seals, content hash == the blend's record) before anything is copied
+    fitted.check_can_predict()  # an OOF file without test predictions: nothing of it could predict offline
+    # every member verified (seals, content hash == the blend's record; an outside member's test file == its
+    # recorded sha256) before anything is copied
+    external = {}
+    for name in fitted.member_tests:
+        path, sha = recorded_test_file(sources, fitted, name)
+        check_recorded_test_file(path, sha, name, sources.blend_name)
+        external[name] = path
     hashes, configs, backbones = {}, {}, {}
-    for name in fitted.members:
+    for name in (n for n in fitted.members if n not in external):
         saved, hashes[name] = load_member(sources, name, expected.get(name))  # a workspace: paths as trained
         configs[name] = saved.config
         backbones.update(backbone_folders(to_dict(configs[name])))
-    return BundlePlan(sources, list(fitted.members), hashes, configs, backbones)
+    return BundlePlan(sources, list(fitted.members), hashes, configs, backbones, external)
 
 
 def copied_bytes(folder: Path, skip: tuple[str, ...] = ()) -> int:
@@ -139,7 +160,10 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
     out = check_out(plan.sources.models_root.parent, out)
     with atomic_dir(out) as tmp:
         paths: dict[str, str] = {}
-        for name in plan.members:
+        for name, path in plan.external.items():
+            (tmp / EXTERNAL / name).mkdir(parents=True)
+            shutil.copy2(path, tmp / EXTERNAL / name / path.name)
+        for name in plan.model_members:
             model_dir = plan.sources.models_root / name
             dest = tmp / "models" / name
             for item in ("config.yaml", "metrics.json", "manifest.json"):
@@ -160,7 +184,7 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
         for spec, folder in plan.backbones.items():
             shutil.copytree(folder, tmp / paths[spec], ignore=shutil.ignore_patterns(*BACKBONE_SKIP))
         shutil.copytree(plan.sources.blend_dir, tmp / "blend")
-        portable_blend(tmp / "blend")
+        portable_blend(tmp / "blend", {name: f"{EXTERNAL}/{name}/{path.name}" for name, path in plan.external.items()})
         wheel_names = build_wheels(tmp / "wheels") if wheels else []
         versions = library_versions()
         write_json(tmp / "bundle.json", {
@@ -170,35 +194,65 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
             # the libraries its pickles and checkpoints were written with; predict compares them with the image's
             "versions": versions,
         })
-        write_text(tmp / "README.md", bundle_readme(plan.members, versions))
+        write_text(tmp / "README.md", bundle_readme(plan.members, versions, list(plan.external)))
         umask_permissions(tmp)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     logger.info("bundle written to %s (%.1f MB, members: %s)", out, size / 2**20, plan.members)
     return out
 
 
-def portable_blend(blend_dir: Path) -> None:
+EXTERNAL = "external"  # the bundle's folder of outside members' test predictions
+
+
+def portable_blend(blend_dir: Path, external: dict[str, str] | None = None) -> None:
     """Leave no path of the training machine in the bundled blend: the OOF files it was fitted on become
-    bundle-relative names (their content is recorded by hash in the manifest), the config's source its file name.
+    bundle-relative names (their content is recorded by hash in the manifest; an outside member's OOF is not
+    bundled, only its file name kept), an outside member's test predictions their copy in the bundle
+    (`external`: member -> bundle-relative path; the recorded sha256 stays), the config's source its file name.
     The folder is sealed again, so predict still verifies every file of it."""
+    external = external or {}
     spec = read_json(blend_dir / "spec.json")
-    spec["member_files"] = [f"models/{name}/oof.parquet" for name in spec.get("members", [])]
+    outside = set(spec.get("external_members", []))
+    spec["member_files"] = [Path(file).name if name in outside else f"models/{name}/oof.parquet"
+                            for name, file in zip(spec.get("members", []), spec.get("member_files", []))]
+    for name, record in (spec.get("member_tests") or {}).items():
+        record["file"] = external[name]
     write_json(blend_dir / "spec.json", spec)
     if (blend_dir / "config.yaml").is_file():
         cfg = load_yaml(blend_dir / "config.yaml")
         cfg["source"] = Path(cfg["source"]).name if cfg.get("source") else None
         cfg["data_dir"] = None
+        cfg["members"] = [_portable_entry(entry, external) for entry in cfg.get("members") or []]
         write_yaml(blend_dir / "config.yaml", cfg)
     seal_folder(blend_dir)
+
+
+def _portable_entry(entry: object, external: dict[str, str]) -> object:
+    """A blend config's member without the training machine's folders: a file keeps its name only, an outside
+    member's test file becomes its copy in the bundle."""
+    if isinstance(entry, dict):
+        from fb3stack.blend.inputs import external_name
+
+        name = entry.get("name") or external_name(Path(str(entry.get("oof"))))
+        test = external.get(name) if entry.get("test") else None
+        return {**entry, "oof": Path(str(entry.get("oof"))).name, "test": test}
+    return Path(entry).name if isinstance(entry, str) and ("/" in entry or os.sep in entry) else entry
 
 
 KAGGLE_DATA = "/kaggle/input/feedback-prize-english-language-learning"
 
 
-def bundle_readme(members: list[str], versions: dict[str, str | None]) -> str:
+def bundle_readme(members: list[str], versions: dict[str, str | None], external: list[str] | None = None) -> str:
     """The bundle's README: how to predict on Kaggle, writing to /kaggle/working (the bundle is read-only there),
-    and which libraries the image must already have, since the bundle does not ship them."""
+    which libraries the image must already have, since the bundle does not ship them, and what the outside
+    members' bundled test predictions cover."""
     libs = [f"{name} {v}" for name, v in versions.items() if v is not None]
+    outside = "" if not external else f"""
+Outside members ({", ".join(external)}) have no models here, only their predictions for the test essays they were
+made for (`{EXTERNAL}/<member>/`): on other essays (a code competition's rerun on its hidden test set) `predict`
+refuses them (ids differ) unless each is given the same model's predictions for that test file:
+`--member-test <member>=<file>` (text_id + six traits).
+"""
     return f"""# fb3stack offline bundle
 
 Members: {", ".join(members)}. Everything fb3stack needs to predict is in this folder; no network is used, and
@@ -224,4 +278,4 @@ fb3stack predict --bundle /kaggle/input/<this-bundle> \\
 
 Cached member predictions go to the system's temporary folder (`--cache DIR` to choose), never into the bundle
 or /kaggle/working.
-"""
+{outside}"""

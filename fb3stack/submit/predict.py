@@ -10,6 +10,12 @@ member it was fitted on; before a member is loaded its files are checked against
 against the blend's record (a retrained member makes the blend stale: refused, exit 2). The cache is keyed
 by the content hash, so a retrained member never reuses the old model's predictions, and a damaged cache
 file is recomputed.
+
+A member that is an outside model (`{oof: ..., test: ...}` in the blend's members) has no models here: its test
+predictions are read from the file the blend recorded (the bundle's copy from a bundle), refused unless its
+sha256 is the one recorded when the blend was fitted, its ids are exactly the test CSV's and its values are
+finite and on the score scale, and aligned to the test CSV by text_id (never by row order). All of that is
+checked before any workspace member predicts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -28,7 +35,7 @@ from fb3stack.base.runner import SavedMember
 from fb3stack.config import ConfigError
 from fb3stack.constants import ID_COL, SCORE_MAX, SCORE_MIN, TARGETS, TEXT_COL
 from fb3stack.data import check_same_ids, fingerprint, load_sample_submission, load_test
-from fb3stack.io import check_writable, load_npz_checked, read_json, save_npz_checked, write_csv
+from fb3stack.io import check_writable, load_npz_checked, read_json, save_npz_checked, sha256_file, write_csv
 from fb3stack.progress import progress
 from fb3stack.workspace import (
     CorruptArtefactError,
@@ -39,6 +46,9 @@ from fb3stack.workspace import (
     read_manifest,
     verify_folder,
 )
+
+if TYPE_CHECKING:
+    from fb3stack.blend.fitted import FittedBlend
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +62,7 @@ class PredictSources:
     cache_root: Path  # where per-member test predictions are cached
     path_map: dict[str, str]  # config values to rewrite (bundle: backbone specs -> bundled folders)
     blend_name: str = ""  # the blend's own name (a bundle keeps it in bundle/blend/)
+    files_root: Path | None = None  # what an outside member's relative test file is relative to (a bundle's root)
 
     def __post_init__(self) -> None:
         self.blend_name = self.blend_name or self.blend_dir.name
@@ -77,7 +88,7 @@ class PredictSources:
         check_versions(meta.get("versions") or {}, f"bundle {root}")
         path_map = {spec: str(root / rel) for spec, rel in meta.get("paths", {}).items()}
         cache = Path(cache_root) if cache_root else default_cache()
-        return cls(root / "models", root / "blend", cache, path_map, str(meta.get("blend") or "blend"))
+        return cls(root / "models", root / "blend", cache, path_map, str(meta.get("blend") or "blend"), root)
 
 
 def default_cache() -> Path:
@@ -163,6 +174,59 @@ def member_predictions(sources: PredictSources, members: list[str], test: pd.Dat
     return out
 
 
+def recorded_test_file(sources: PredictSources, blend: FittedBlend, name: str) -> tuple[Path, str]:
+    """An outside member's test-prediction file as the blend recorded it, and the sha256 recorded with it."""
+    record = blend.member_tests[name]
+    path = Path(record["file"])
+    if not path.is_absolute() and sources.files_root is not None:
+        path = sources.files_root / path
+    return path, str(record["sha256"])
+
+
+def check_recorded_test_file(path: Path, expected: str, name: str, blend_name: str) -> None:
+    """The file must still be the one the blend was fitted with (a rerun notebook may have rewritten it)."""
+    if not path.is_file():
+        raise MissingArtefactError(f"{path}: the test predictions of member '{name}' of blend '{blend_name}' are not "
+                                   "there (recorded when the blend was fitted); put them back or blend again")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise StaleArtefactError(
+            f"{path}: the test predictions of member '{name}' changed since blend '{blend_name}' was fitted "
+            f"(sha256 {expected[:12]} then, {actual[:12]} now); they may be another model's than the OOF the weights "
+            "were fitted on. Write that model's OOF and test files of one run and blend again (fb3stack blend)")
+
+
+def external_test_predictions(sources: PredictSources, blend: FittedBlend, test: pd.DataFrame,
+                              test_path: str | os.PathLike, given: dict[str, Path] | None = None
+                              ) -> dict[str, np.ndarray]:
+    """(n, 6) test predictions of each outside member, in the test CSV's row order (matched by text_id).
+
+    `given` (`predict --member-test NAME=FILE`) replaces a member's recorded file with predictions the same
+    model just made for this test CSV (a code competition's hidden test essays): checked like the recorded one
+    except for the hash, since it is new by design."""
+    from fb3stack.blend.inputs import read_test_predictions
+
+    blend.check_can_predict()
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(blend.member_tests))
+    if unknown:
+        raise ConfigError(f"--member-test {unknown[0]}: not an outside member of blend '{sources.blend_name}' "
+                          f"(its outside members with test predictions: {sorted(blend.member_tests) or 'none'})")
+    out = {}
+    for name in blend.member_tests:
+        if name in given:
+            path = given[name]
+            logger.info("member '%s': test predictions from %s (--member-test)", name, path)
+        else:
+            path, expected = recorded_test_file(sources, blend, name)
+            check_recorded_test_file(path, expected, name, sources.blend_name)
+        df = read_test_predictions(path)
+        check_same_ids(df, test, path, test_path, hint=f"These are predictions of member '{name}' for other essays: "
+                       "predict this test file with that model and pass them with --member-test NAME=FILE")
+        out[name] = df.set_index(ID_COL).loc[test[ID_COL].to_numpy(), list(TARGETS)].to_numpy(dtype=np.float64)
+    return out
+
+
 def order_like_sample(sub: pd.DataFrame, sample: pd.DataFrame | None) -> pd.DataFrame:
     """Rows and columns in the order of sample_submission.csv (its ids were checked against the test file)."""
     if sample is None:
@@ -191,17 +255,20 @@ def check_inputs(test_path: str | os.PathLike, out_path: str | os.PathLike,
 
 
 def predict_submission(sources: PredictSources, test_path: str | os.PathLike, out_path: str | os.PathLike,
-                       sample_path: str | os.PathLike | None = None, inputs: TestInputs | None = None
-                       ) -> pd.DataFrame:
-    """The checks that need no model first (`check_inputs`, unless already done; the blend and each member's
-    files), then the members predict, then the blend."""
+                       sample_path: str | os.PathLike | None = None, inputs: TestInputs | None = None,
+                       member_tests: dict[str, Path] | None = None) -> pd.DataFrame:
+    """The checks that need no model first (`check_inputs`, unless already done; the blend, the outside
+    members' test predictions and each workspace member's files), then the members predict, then the blend."""
     from fb3stack.blend import load_fitted_blend
 
     inputs = inputs or check_inputs(test_path, out_path, sample_path)
     test = inputs.test
     expected = check_blend(sources.blend_dir)  # before the blend's pickle is loaded
     blend = load_fitted_blend(sources.blend_dir)
-    preds = member_predictions(sources, list(blend.members), test, expected)
+    outside = external_test_predictions(sources, blend, test, test_path, member_tests)
+    workspace_members = [name for name in blend.members if name not in outside]
+    predicted = dict(zip(workspace_members, member_predictions(sources, workspace_members, test, expected)))
+    preds = [outside[name] if name in outside else predicted[name] for name in blend.members]
     final = np.clip(blend.predict(preds, test), SCORE_MIN, SCORE_MAX)
     sub = pd.DataFrame(final, columns=list(TARGETS))
     sub.insert(0, ID_COL, test[ID_COL].to_numpy())
