@@ -61,6 +61,14 @@ ROWS: dict[str, dict[str, object]] = {
     "llrd-1": {"llrd": 1.0},
     "batch-16": {"batch_size": 16},
     "epochs+1": {"epochs": "+1"},
+    # CPU budget levers (issue 26), meant at full size: --train-essays 0 --valid-essays 0 --max-len 512
+    "bf16": {"amp": "bf16"},
+    "bf16-late-evals": {"amp": "bf16", "evals_per_epoch": 4, "eval_start": 2.5},
+    "bf16-freeze-1": {"amp": "bf16", "freeze_layers": 1},
+    "bf16-freeze-2-lr-1.5e-4": {"amp": "bf16", "freeze_layers": 2, "lr": 1.5e-4, "head_lr": 1e-3},
+    "bf16-epochs-2": {"amp": "bf16", "epochs": "-1"},
+    # configs/models/minilm-finetune.yaml exactly as shipped (only name, seed and threads set)
+    "shipped": None,
 }
 RIDGE_ROWS = {"ridge": {"chunking": "truncate"}, "ridge-head-tail": {"chunking": "head_tail"}}
 
@@ -96,8 +104,10 @@ def prepare(ws: Path, data: Path, n_train: int, n_valid: int, seed: int) -> Path
 def member(row: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
     if row in RIDGE_ROWS:
         return {"include": str(RIDGE), "set": {"name": row, "max_len": args.max_len, **RIDGE_ROWS[row]}}
+    if ROWS[row] is None:
+        return {"include": str(FINETUNE), "set": {"name": f"{row}-s{seed}", "seed": seed, "num_threads": args.threads}}
     change = dict(ROWS[row])
-    epochs = args.epochs + 1 if change.pop("epochs", None) == "+1" else args.epochs
+    epochs = args.epochs + {"+1": 1, "-1": -1}.get(change.pop("epochs", None), 0)
     settings = {**BASELINE, **change, "name": f"{row}-s{seed}", "seed": seed, "max_len": args.max_len,
                 "epochs": epochs, "num_threads": args.threads}
     return {"include": str(FINETUNE), "set": settings}
@@ -140,7 +150,7 @@ def main() -> None:
         row = name.rsplit("-s", 1)[0] if hist is not None else name
         rec = {"row": row, "seed": m["set"].get("seed", ""), "change": json.dumps(ROWS.get(row, RIDGE_ROWS.get(row))),
                "train_essays": args.train_essays, "valid_essays": args.valid_essays, "max_len": args.max_len,
-               "epochs": m["set"].get("epochs", ""),
+               "epochs": m["set"].get("epochs", "shipped"),
                "best": round(float(hist.valid_mcrmse.min()), 4) if hist is not None else round(metrics["mcrmse"], 4),
                "last": round(float(hist.valid_mcrmse.iloc[-1]), 4) if hist is not None else round(metrics["mcrmse"], 4),
                "best_epoch": float(hist.epoch[hist.valid_mcrmse.idxmin()]) if hist is not None else "",
