@@ -39,6 +39,7 @@ from fb3stack.data import fingerprint, load_train, resolve_data_dir
 from fb3stack.folds import read_folds
 from fb3stack.io import atomic_dir, read_json, sha256_json, write_csv, write_json, write_parquet, write_text, write_yaml
 from fb3stack.metrics import rmse_per_trait
+from fb3stack.report.gather import gain_cells
 from fb3stack.report.markdown import markdown_table
 from fb3stack.workspace import Workspace, read_manifest, seal_folder, stale_reasons, verify_folder, write_manifest
 
@@ -238,32 +239,31 @@ def member_note(table: pd.DataFrame, chosen: str, member: str | None) -> str:
 def uncertainty_note(info: dict) -> str:
     if not info:
         return ""
-    return (f"`vs_mean` / `vs_best`: nested MCRMSE minus that of the plain mean ({info['mean_mcrmse']:.5f}) / of the "
-            f"best single member ({info['best_member']}, {info['best_member_mcrmse']:.5f}); negative is better. In "
-            f"brackets its {100 * info['level']:g}% interval from a paired bootstrap over the {info['n_essays']} "
-            f"essays of the held-out predictions ({info['n_boot']} resamples, seed {info['seed']}): an interval "
-            "that contains 0 is a difference the essays drawn could give by chance. `loo`: the chosen method's "
-            "nested MCRMSE without that member (in brackets, minus the chosen's own: > 0 means the member helps).")
+    return (f"`vs mean` / `vs best member`: the row's nested MCRMSE minus that of the plain mean "
+            f"({info['mean_mcrmse']:.5f}) / of the best single member ({info['best_member']}, "
+            f"{info['best_member_mcrmse']:.5f}); negative is better. In brackets its {100 * info['level']:g}% "
+            f"interval from a paired bootstrap over the {info['n_essays']} essays of the held-out predictions "
+            f"({info['n_boot']} resamples, seed {info['seed']}): an interval that contains 0 is a difference the "
+            "essays drawn could give by chance. `without member (loo)`: the chosen method's nested MCRMSE refitted "
+            "without that member (in brackets, minus the chosen's own: > 0 means the member helps).")
 
 
 def to_markdown(table: pd.DataFrame, chosen: str, outer_desc: str, info: dict | None = None,
                 member: str | None = None) -> str:
     cols = ["name", "kind", "in_sample", "nested", "nested_std", *[f"nested_{t}" for t in TARGETS], "seconds"]
     head = [c.replace("nested_", "") if c.startswith("nested_") and c != "nested_std" else c for c in cols]
-    extra = [c for c in ("vs_mean", "vs_best") if f"{c}_lo" in table] + (["loo"] if "loo_nested" in table else [])
+    gains = gain_cells(table)
     rows = []
-    for _, r in table.iterrows():
+    for i, (_, r) in enumerate(table.iterrows()):
         cells = [f"{r[c]:.5f}" if isinstance(r[c], float) and c != "seconds" else f"{r[c]}" for c in cols]
-        cells += [f"{r[c]:+.5f} [{r[c + '_lo']:+.5f}, {r[c + '_hi']:+.5f}]" for c in extra if c != "loo"]
-        if "loo" in extra:
-            cells.append("" if pd.isna(r["loo_nested"]) else f"{r['loo_nested']:.5f} ({r['loo_delta']:+.5f})")
+        cells += [col[i] for col in gains.values()]
         if r["name"] == chosen:
             cells[0] = f"**{cells[0]}**"
         rows.append(cells)
     notes = [n for n in (honest_note(table, chosen), member_note(table, chosen, member), uncertainty_note(info or {}))
              if n]
     return "\n".join([f"Nested CV over {outer_desc}; chosen method: **{chosen}** (lowest nested MCRMSE).", *notes, "",
-                      markdown_table(head + extra, rows)]) + "\n"
+                      markdown_table(head + list(gains), rows)]) + "\n"
 
 
 def weights_spec(model: Blender, names: list[str]) -> dict | None:
