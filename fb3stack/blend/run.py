@@ -32,14 +32,13 @@ from fb3stack.blend.inputs import BlendInput, load_members, meta_features, works
 from fb3stack.blend.methods import BestMember, Blender, make_method
 from fb3stack.blend.nested import OuterSplit, in_sample, nested_cv, outer_splits
 from fb3stack.blend.selection import InnerCVSelect, SelectThenBlend
-from fb3stack.blend.uncertainty import bootstrap_scores, leave_one_out
+from fb3stack.blend.uncertainty import bootstrap_scores, gain_cells, leave_one_out
 from fb3stack.config import ConfigError, config_dir, resolve_path, to_dict
 from fb3stack.constants import FOLD_COL, ID_COL, SCORE_MAX, SCORE_MIN, TARGETS
 from fb3stack.data import fingerprint, load_train, resolve_data_dir
 from fb3stack.folds import read_folds
 from fb3stack.io import atomic_dir, read_json, sha256_json, write_csv, write_json, write_parquet, write_text, write_yaml
 from fb3stack.metrics import rmse_per_trait
-from fb3stack.report.gather import gain_cells
 from fb3stack.report.markdown import markdown_table
 from fb3stack.workspace import Workspace, read_manifest, seal_folder, stale_reasons, verify_folder, write_manifest
 
@@ -332,17 +331,16 @@ def run_blend(cfg: BlendConfig, workspace: str | os.PathLike | None, data_dir: s
     if u.leave_one_out and len(P) > 1:
         table = add_leave_one_out(table, build_method(spec_cfg, cfg), P, y, splits, meta if spec_cfg.meta else None,
                                   chosen)
-    final = build_method(spec_cfg, cfg).fit(P, y, meta=meta if spec_cfg.meta else None)
     used = list(range(len(P)))
-    if isinstance(final, BestMember):  # no method beats the best member: the blend is that member alone
-        used = [final.best_]
-        final = build_method(spec_cfg, cfg).fit(P[used], y)
+    if spec_cfg.kind == BEST_MEMBER_KIND:  # no method beats the best member: the blend is that member alone
+        used = [BestMember().fit(P, y).best_]
     honest = table.set_index("name")["nested"].get(SELECTED_ROW)
     result = BlendResult(table, chosen, None, held[chosen].mean(axis=0), outer_desc, outer_folds,
                          float(honest) if honest is not None else None,
-                         names[used[0]] if isinstance(final, BestMember) else None)
+                         names[used[0]] if spec_cfg.kind == BEST_MEMBER_KIND else None)
     if not write or ws is None:
         return result
+    final = build_method(spec_cfg, cfg).fit(P[used], y, meta=meta if spec_cfg.meta else None)
     used_members = [members[i] for i in used]
     spec = {
         "name": cfg.name, "method": chosen, "kind": spec_cfg.kind, "params": spec_cfg.params,

@@ -4,6 +4,7 @@
     d = boot.versus(ref)                                        # candidate k's score minus candidate ref's
     d.diff, d.lo, d.hi                                          # (k,): on all essays, and the interval's ends
     loo = leave_one_out(estimator, P, y, splits)                # (m,): nested MCRMSE without member i
+    gain_cells(table)                                           # the table's columns of them as text cells
 
 Contract: `held[i]` are candidate i's held-out predictions (one (n, 6) array per outer-CV repeat; a member's OOF
 is its own held-out prediction, repeated), the statistic is the nested score exactly as the blend table computes
@@ -32,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from joblib import Parallel, delayed, effective_n_jobs
 
 from fb3stack.blend.methods import Blender, as_stack
@@ -121,3 +123,17 @@ def leave_one_out(estimator: Blender, X: np.ndarray | list[np.ndarray], y: np.nd
 def _nested_score(estimator: Blender, P: np.ndarray, y: np.ndarray, splits: list[OuterSplit],
                   meta: np.ndarray | None) -> float:
     return nested_cv(estimator, P, y, splits, meta=meta).mcrmse
+
+
+def gain_cells(table: pd.DataFrame) -> dict[str, list[str]]:
+    """The blend table's uncertainty columns as text cells, one list per shown column, in the table's row order:
+    `vs_mean` / `vs_best` as "difference [interval]", and the leave-one-out score as "score (minus the chosen's)"."""
+    out = {}
+    for col, label in (("vs_mean", "vs mean [interval]"), ("vs_best", "vs best member [interval]")):
+        if {col, f"{col}_lo", f"{col}_hi"} <= set(table.columns):
+            vals = np.round(table[[col, f"{col}_lo", f"{col}_hi"]].to_numpy(float), 5) + 0.0  # no "-0.00000"
+            out[label] = [f"{d:+.5f} [{lo:+.5f}, {hi:+.5f}]" for d, lo, hi in vals]
+    if {"loo_nested", "loo_delta"} <= set(table.columns):
+        out["without member (loo)"] = ["" if np.isnan(v) else f"{v:.5f} ({d:+.5f})"
+                                       for v, d in table[["loo_nested", "loo_delta"]].to_numpy(float)]
+    return out

@@ -149,23 +149,11 @@ def methods_shown(table: pd.DataFrame) -> pd.DataFrame:
     if "nested_std" in cols and not (table["nested_std"].fillna(0) > 0).any():
         cols.remove("nested_std")
     shown = table[cols].rename(columns={f"nested_{t}": t for t in TARGETS})
+    from fb3stack.blend.uncertainty import gain_cells
+
     for label, cells in gain_cells(table).items():
         shown[label] = cells
     return shown.sort_values("nested", kind="stable") if "nested" in shown else shown
-
-
-def gain_cells(table: pd.DataFrame) -> dict[str, list[str]]:
-    """The blend table's uncertainty columns as text cells, one list per shown column, in the table's row order:
-    `vs_mean` / `vs_best` as "difference [interval]", and the leave-one-out score as "score (minus the chosen's)"."""
-    out = {}
-    for col, label in (("vs_mean", "vs mean [interval]"), ("vs_best", "vs best member [interval]")):
-        if {col, f"{col}_lo", f"{col}_hi"} <= set(table.columns):
-            out[label] = [f"{d:+.5f} [{lo:+.5f}, {hi:+.5f}]"
-                          for d, lo, hi in table[[col, f"{col}_lo", f"{col}_hi"]].to_numpy(float)]
-    if {"loo_nested", "loo_delta"} <= set(table.columns):
-        out["without member (loo)"] = ["" if np.isnan(v) else f"{v:.5f} ({d:+.5f})"
-                                       for v, d in table[["loo_nested", "loo_delta"]].to_numpy(float)]
-    return out
 
 
 def explain_blend(blend_dir: Path, spec: dict) -> tuple[str, pd.DataFrame] | None:
