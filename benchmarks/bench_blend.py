@@ -4,7 +4,8 @@
 
 Runs every method of configs/blends/sunpnwt12.yaml plus a LightGBM stacker with essay length and member
 selection variants, prints the table (members summarised by the best single one) next to the reference figures
-measured with plain scripts, and saves it to benchmarks/results/blend_sunpnwt12.csv.
+measured with plain scripts, each row's gain over the plain mean and the best member with its paired-bootstrap
+interval, the largest leave-one-member-out entries, and saves it to benchmarks/results/blend_sunpnwt12.csv.
 """
 
 from __future__ import annotations
@@ -65,12 +66,17 @@ def main() -> None:
     best = members.sort_values("nested").iloc[[0]].assign(name=lambda d: "best member: " + d["name"])
     methods = res.table[res.table["kind"] != "member"]
     table = pd.concat([best, methods, res_sel.table[res_sel.table["kind"] != "member"]], ignore_index=True)
-    mean = float(methods.set_index("name").loc["mean", "nested"])
-    table["vs_mean"] = table["nested"] - mean
+    if "vs_mean" not in table:  # uncertainty.bootstrap: 0
+        table["vs_mean"] = table["nested"] - float(methods.set_index("name").loc["mean", "nested"])
     table["reference"] = [REFERENCE.get(n.split(":")[0], np.nan) for n in table["name"]]
-    cols = ["name", "kind", "in_sample", "nested", "nested_std", "vs_mean", "reference", "seconds"]
+    cols = ["name", "kind", "in_sample", "nested", "nested_std", "vs_mean", "vs_mean_lo", "vs_mean_hi", "vs_best",
+            "vs_best_lo", "vs_best_hi", "reference", "seconds"]
     print(f"{len(members)} public OOFs, outer folds: {res.outer}")
-    print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    print(table[[c for c in cols if c in table]].to_string(index=False, float_format=lambda v: f"{v:.5f}"))
+    if "loo_nested" in res.table:
+        loo = members.sort_values("loo_delta", ascending=False)[["name", "nested", "loo_nested", "loo_delta"]]
+        print(f"leave one member out of {res.chosen} (loo_delta > 0: the member helps), largest first:")
+        print(loo.head(8).to_string(index=False, float_format=lambda v: f"{v:.5f}"))
     print(f"whole table (members + {len(methods)} methods, in-sample + nested): {total:.2f} s; "
           f"selection variants: {total_sel:.2f} s; chosen: {res.chosen}")
     out = Path(args.out)

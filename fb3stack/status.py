@@ -228,7 +228,8 @@ def blend_status(root: Path, check: Check, members: list[dict[str, Any]], data_d
     for blend_dir in sorted(p for p in blends.iterdir() if (p / "spec.json").is_file()):
         spec = read_json(blend_dir / "spec.json")
         reasons = _blend_stale_reasons(root, blend_dir, check, data_dir)
-        mine = [m for m in members if m["member"] in spec.get("members", [])]
+        # every member the blend was scored on (a best-member blend predicts from one of them but chose among all)
+        mine = [m for m in members if m["member"] in spec.get("input_members", spec.get("members", []))]
         reasons += [f"member {m['member']} is not up to date" for m in mine if m["state"] not in ("done", "extra",
                                                                                                   "unknown")]
         # without the data nothing can be compared: say unknown, not stale

@@ -55,7 +55,7 @@ def test_blend_over_workspace_members(tmp_path, zoo, fb3_dir, train_df, capsys):
     for f in ("config.yaml", "spec.json", "blender.joblib", "oof.parquet", "table.csv", "table.md", "manifest.json"):
         assert (out / f).is_file(), f
     table = pd.read_csv(out / "table.csv").set_index("name")
-    assert set(table.index) == {*names, *(m["name"] for m in METHODS), "selected-by-inner-CV"}
+    assert set(table.index) == {*names, *(m["name"] for m in METHODS), "best-member", "selected-by-inner-CV"}
     # the honest headline: choosing among the methods, scored by the outer CV, is reported and named as such
     spec = json.loads((out / "spec.json").read_text())
     assert spec["honest_mcrmse"] == pytest.approx(table.loc["selected-by-inner-CV", "nested"])
@@ -66,7 +66,7 @@ def test_blend_over_workspace_members(tmp_path, zoo, fb3_dir, train_df, capsys):
     blend = load_fitted_blend(out)
     assert blend.members == names and blend.can_predict
     chosen = blend.spec["method"]
-    assert table.loc[chosen, "nested"] == table.loc[[m["name"] for m in METHODS], "nested"].min()
+    assert table.loc[chosen, "nested"] == table.loc[[m["name"] for m in METHODS] + ["best-member"], "nested"].min()
     y = train_df[list(TARGETS)].to_numpy()
     assert mcrmse(y, oof[list(TARGETS)].to_numpy()) == pytest.approx(table.loc[chosen, "nested"])
     preds = [pd.read_parquet(zoo.model_dir(n) / "oof.parquet").set_index(ID_COL).loc[train_df[ID_COL],

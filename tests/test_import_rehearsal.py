@@ -33,7 +33,11 @@ def safetensors_data_bytes(path: Path) -> int:
     return path.stat().st_size - 8 - header
 
 
-def test_members_trained_apart_import_blend_bundle_predict_read_only(tmp_path, fb3_dir, train_df, capsys):
+def test_members_trained_apart_import_blend_bundle_predict_read_only(tmp_path, fb3_dir, train_df, capsys,
+                                                                   monkeypatch):
+    # a blend of both members, so the bundle carries a transformer and a CPU member: on 60 essays the tf-idf member
+    # alone would beat every blend, and the saved blend would then be that member only (the best-member candidate)
+    monkeypatch.setattr("fb3stack.blend.run.candidate_specs", lambda cfg, n_members: list(cfg.methods))
     v3 = build_hub_like_deberta_v3(tmp_path / "tiny-v3-hub", train_df["full_text"].head(200))
     tfidf = str(REPO / "configs/models/tfidf-ridge.yaml")
     blend = tmp_path / "blend.yaml"

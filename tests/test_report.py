@@ -100,7 +100,8 @@ def test_report_html_is_self_contained_with_every_figure(ws, fb3_dir):
         by_section.setdefault(im["section"], []).append(im["alt"])
     assert by_section == {
         "members": ["member leaderboard"], "diversity": ["member correlation heatmaps"], "blend": ["blend weights"],
-        "methods": ["blend methods"], "errors": ["residuals against true score", "residuals against essay length"],
+        "methods": ["blend methods", "gain intervals", "leave one member out"],
+        "errors": ["residuals against true score", "residuals against essay length"],
         "distributions": ["score distributions"],
     }
     assert text.count('class="guide"') == len(p.imgs)  # a reading guide per figure
@@ -147,9 +148,11 @@ def test_report_without_labels_still_written_with_a_note(ws, tmp_path, monkeypat
     ("ridge", {"alpha": 10.0}, "ridge coefficients"),
     ("lgbm", {"n_estimators": 10, "min_child_samples": 10}, "share of splits"),
 ])
-def test_stacker_explanations(ws, fb3_dir, tmp_path, kind, params, title):
+def test_stacker_explanations(ws, fb3_dir, tmp_path, kind, params, title, monkeypatch):
     root = tmp_path / "ws"
     shutil.copytree(ws.root, root)
+    # the stacker is the only candidate, so it is saved even where one length member alone would score better
+    monkeypatch.setattr("fb3stack.blend.run.candidate_specs", lambda cfg, n_members: list(cfg.methods))
     run_blend(BlendConfig(name="s", members=["len-a", "len-b"], methods=[MethodConfig("st", kind, params)]), root,
               fb3_dir)
     spec = pd.read_json(root / "blends" / "s" / "spec.json", typ="series").to_dict()

@@ -47,6 +47,24 @@ class SelectionConfig:
     min_gain: float = 0.0
 
 
+@dataclass
+class UncertaintyConfig:
+    """How sure the table's gains are (fb3stack.blend.uncertainty): a paired bootstrap over essays of the held-out
+    predictions, `bootstrap` resamples (0: off; otherwise >= 1000) seeded with `seed` (None: outer.seed), and the
+    chosen method's nested score without each member (`leave_one_out`: one nested CV per member)."""
+
+    bootstrap: int = 2000
+    level: float = 0.95
+    seed: int | None = None
+    leave_one_out: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bootstrap != 0 and self.bootstrap < 1000:
+            raise ValueError(f"uncertainty.bootstrap must be 0 (off) or >= 1000 resamples, got {self.bootstrap}")
+        if not 0.5 <= self.level < 1.0:
+            raise ValueError(f"uncertainty.level must be in [0.5, 1), got {self.level}")
+
+
 def default_methods() -> list[MethodConfig]:
     return [
         MethodConfig("mean", "mean"),
@@ -95,6 +113,7 @@ class BlendConfig:
     # also score "choose the method by inner CV" as one blender by the outer CV (the `selected-by-inner-CV` row):
     # the honest estimate of the chosen blend, since the best of many nested scores is itself optimistic
     honest_selection: bool = True
+    uncertainty: UncertaintyConfig = field(default_factory=UncertaintyConfig)
     data_dir: str | None = None  # overridden by --data-dir and $FB3STACK_DATA
     train_file: str = "train.csv"
     source: str | None = None  # the YAML this was read from; set by load_blend_config

@@ -19,7 +19,7 @@ from sklearn.linear_model import Ridge, RidgeCV
 from sklearn.model_selection import KFold
 
 from fb3stack.constants import SCORE_MAX, SCORE_MIN
-from fb3stack.metrics import rmse_stack
+from fb3stack.metrics import mcrmse_stack, rmse_stack
 from fb3stack.plugins import Registry
 
 logger = logging.getLogger(__name__)
@@ -103,6 +103,25 @@ class MeanBlend(WeightBlender):
 
     def _fit_weights(self, Pt: np.ndarray, yt: np.ndarray) -> tuple[np.ndarray, float]:
         return np.full(len(Pt), 1.0 / len(Pt)), 0.0
+
+
+@register_blender("best_member")
+class BestMember(WeightBlender):
+    """The single member with the lowest MCRMSE on the rows it is fitted on, used alone (weight 1, all traits).
+
+    Not blending is always an option: nested CV of this "blend" scores choosing the best member inside each outer
+    fold (the members' OOF rows are already held out for the first layer, so a member's score on the fitting rows
+    is its honest score there), which is what a blend method must beat. `best_` is the chosen member's index.
+    """
+
+    def __init__(self) -> None:
+        pass
+
+    def _fit(self, P: np.ndarray, y: np.ndarray, meta: np.ndarray | None) -> None:
+        self.best_ = int(np.argmin(mcrmse_stack(y, P)))
+        self.weights_ = np.zeros((len(P), y.shape[1]))
+        self.weights_[self.best_] = 1.0
+        self.intercept_ = np.zeros(y.shape[1])
 
 
 @register_blender("scipy")

@@ -166,6 +166,57 @@ def methods(table: pd.DataFrame, chosen: str, honest: str) -> Figure | None:
     return fig
 
 
+def gain_intervals(table: pd.DataFrame, chosen: str, honest: str) -> Figure | None:
+    """Each method's nested MCRMSE minus the plain mean's and the best member's, with its bootstrap interval."""
+    panels = [c for c in ("vs_mean", "vs_best") if {c, f"{c}_lo", f"{c}_hi"} <= set(table.columns)]
+    if not panels or "kind" not in table:
+        return None
+    rows = table[table["kind"].astype(str) != "member"].sort_values("nested", ascending=False, kind="stable")
+    if rows.empty:
+        return None
+    fig = new_figure(12, 1.6 + 0.36 * len(rows))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    y = np.arange(len(rows))
+    names = rows["name"].astype(str).tolist()
+    titles = {"vs_mean": "minus the plain mean", "vs_best": "minus the best single member"}
+    for ax, col in zip(axes, panels):
+        d, lo, hi = (rows[c].to_numpy(float) for c in (col, f"{col}_lo", f"{col}_hi"))
+        sure = hi < 0  # the whole interval below 0: better on (almost) every resample of the essays
+        worse = lo > 0
+        colors = np.where(sure, GREEN, np.where(worse, RED, GREY))
+        ax.hlines(y, lo, hi, colors=colors, lw=2.5)
+        ax.scatter(d, y, c=colors, s=30, zorder=3)
+        ax.axvline(0.0, color="black", lw=1)
+        for i, name in enumerate(names):
+            if name in (chosen, honest):
+                ax.axhspan(i - 0.45, i + 0.45, color=GREEN, alpha=0.12, lw=0)
+        ax.set_xlabel("difference in nested MCRMSE (negative = better)")
+        ax.set_title(titles[col], fontsize=10)
+    axes[0].set_yticks(y, [n + ("  ◀ chosen" if n == chosen else "") for n in names], fontsize=9)
+    axes[0].set_ylim(-0.6, len(rows) - 0.4)
+    fig.suptitle("How sure each gain is: difference with its paired-bootstrap interval over essays", fontsize=11)
+    return fig
+
+
+def leave_one_out(table: pd.DataFrame, chosen: str) -> Figure | None:
+    """Per member: how much the chosen method's nested MCRMSE rises without it (what the member adds)."""
+    if not {"loo_delta", "kind", "name"} <= set(table.columns):
+        return None
+    rows = table[(table["kind"].astype(str) == "member") & table["loo_delta"].notna()]
+    if rows.empty:
+        return None
+    rows = rows.sort_values("loo_delta", kind="stable")  # largest at the top of a barh
+    fig = new_figure(9, 1.4 + 0.3 * len(rows))
+    ax = fig.subplots()
+    d = rows["loo_delta"].to_numpy(float)
+    ax.barh(np.arange(len(rows)), d, color=np.where(d > 0, BLUE, ORANGE), height=0.6)
+    ax.axvline(0.0, color="black", lw=1)
+    ax.set_yticks(np.arange(len(rows)), rows["name"].astype(str).tolist(), fontsize=8)
+    ax.set_xlabel(f"nested MCRMSE of '{chosen}' without the member minus with it (> 0: the member helps)")
+    ax.set_title("Leave one member out", fontsize=10)
+    return fig
+
+
 def _trait_grid(height: float = 6.4, **share: bool) -> tuple[Figure, np.ndarray]:
     """One panel per trait, 2 x 3; `share`: subplots' sharex / sharey."""
     fig = new_figure(13, height)

@@ -149,6 +149,10 @@ def methods_shown(table: pd.DataFrame) -> pd.DataFrame:
     if "nested_std" in cols and not (table["nested_std"].fillna(0) > 0).any():
         cols.remove("nested_std")
     shown = table[cols].rename(columns={f"nested_{t}": t for t in TARGETS})
+    from fb3stack.blend.uncertainty import gain_cells
+
+    for label, cells in gain_cells(table).items():
+        shown[label] = cells
     return shown.sort_values("nested", kind="stable") if "nested" in shown else shown
 
 

@@ -124,6 +124,20 @@ def build(data: ReportData) -> str:
                 "are nested-CV scores with their spread over repeats. Only the nested score is honest; a big gap "
                 f"means the method overfits the OOF rows. {honest_note}The red dotted line is the best single "
                 "member: a method right of it is worse than not blending.", "The blend table has no methods.")
+        info = b.spec.get("uncertainty") or {}
+        if info:
+            _figure(s, figures.gain_intervals(b.table, b.chosen, b.honest_name), "gain intervals",
+                    f"Each method's nested MCRMSE minus the plain mean's (left) and the best single member's "
+                    f"({info.get('best_member')}, right); the bar is its {100 * info.get('level', 0.95):g}% interval "
+                    f"from a paired bootstrap over the {info.get('n_essays')} essays of the held-out predictions "
+                    f"({info.get('n_boot')} resamples, seed {info.get('seed')}). Green: the whole interval is below "
+                    "0, a gain that redrawing the essays would rarely undo; grey: it crosses 0, so the gain may be "
+                    "chance; red: worse on almost every resample.", "The blend table has no intervals.")
+        if b.table is not None and "loo_delta" in b.table:
+            _figure(s, figures.leave_one_out(b.table, b.chosen), "leave one member out",
+                    f"How much worse '{b.chosen}' scores (nested CV) when refitted without each member: a long blue "
+                    "bar is a member the blend relies on, a bar near 0 one it could drop, an orange bar one it "
+                    "is better without.", "No leave-one-out column (one member, or leave_one_out is off).")
         shown = methods_shown(b.table)
         if "seconds" in shown:
             shown = shown.assign(seconds=shown["seconds"].map(lambda v: f"{v:.2f}"))
