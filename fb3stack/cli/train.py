@@ -33,10 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-retries", type=int, default=2, help="Ray: reruns of a job whose worker died")
     p.add_argument("--dry-run", action="store_true", help="check every member's config and backbone (where it "
                    "comes from here), show each model's size, max_len, autocast, checkpoint and bundle sizes, and the "
-                   "work (jobs, tokens, time where measured); train nothing, write nothing, download nothing; exit 2 "
-                   "when `run` would refuse")
-    p.add_argument("--gpu", help="--dry-run: the GPU to estimate training time for, e.g. H100 (default: this "
-                   "machine's)")
+                   "work (jobs, tokens, layer passes by the frozen-prefix rule, time measured or labelled est.); "
+                   "train nothing, write nothing, download nothing; exit 2 when `run` would refuse")
+    p.add_argument("--gpu", help="--dry-run: the GPU to time the work on, H100 (measured rows) or T4 (estimated "
+                   "from them x the peak FLOP/s ratio); default: this machine's")
     p.set_defaults(func=run)
 
 
@@ -216,9 +216,9 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
         work_rows.append({**row, "epochs": m.epochs, "essays/fold": int(np.mean([(fold_of != k).sum()
                                                                                   for k in range(n_folds)])),
                           "tokens/fold": f"{np.mean(per_fold) / 1e6:.2f}M ({how})", "frozen": frozen,
-                          "prefix": _giga(work.prefix), "steps": _giga(work.steps),
-                          "adversary": _giga(work.adversary), "evaluations": _giga(work.evaluation),
-                          "training": _giga(work.training), "predict": _giga(work.predict)})
+                          "prefix": _si(work.prefix), "steps": _si(work.steps),
+                          "adversary": _si(work.adversary), "evaluations": _si(work.evaluation),
+                          "training": _si(work.training), "predict": _si(work.predict)})
         rate = training_rate(gpu.name if gpu else gpu_name, m, member_arch(m), d["layers"])
         if isinstance(rate, str):
             time_rows.append({"member": m.name, "time": rate})
@@ -226,12 +226,12 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
             continue
         seconds, estimated = work.training / rate.passes_per_s, estimated or not rate.measured
         predict_s += work.predict / rate.passes_per_s
-        time_rows.append({"member": m.name, "passes/s": f"{rate.passes_per_s / 1e6:.3g}M",
+        time_rows.append({"member": m.name, "passes/s": _si(rate.passes_per_s),
                           "time/fold": _hours(seconds / n_folds), "time": _hours(seconds),
                           "predict": _hours(work.predict / rate.passes_per_s), "rate from": rate.label})
     jobs = n_folds * len(members)
     print(f"work: {jobs} (member, fold) jobs on {len(train)} essays of {data_dir}, {n_folds} folds; tokens/fold = "
-          "training tokens over all epochs (real tokens, max_len applied). Work = G layer passes, all folds (a "
+          "training tokens over all epochs (real tokens, max_len applied). Work = layer passes (k, M, G), all folds (a "
           "token through one encoder layer: forward 1, backward 2, checkpointing's recompute 1; embeddings, pooler "
           "and head not counted). steps: trained layers forward + backward, frozen layers forward only, in every "
           "step unless the prefix cache replays them ('once': freeze_layers + prefix_cache on a verified "
@@ -255,17 +255,21 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
         priced = [m.name for m in members if "n_params" in described[m.name] and m.name not in unpriced]
         verdict = "within" if predict_s <= KAGGLE_LIMIT_S else "OVER"
         head = f"prediction of ~{HIDDEN_TEST_ESSAYS:,} hidden test essays, every fold, on {gpu.name}"
+        basis = "est., not measured on this GPU" if estimated else "at the measured training rate per pass"
         print(f"{head}: not estimated (no rate for any transformer member)" if not priced else
-              f"{head}: {_hours(predict_s)} for {', '.join(priced)} ({predict_s / KAGGLE_LIMIT_S:.0%} of Kaggle's "
-              f"9 h notebook limit: {verdict}; "
-              + ("est. (not measured on this GPU)" if estimated else "at the measured training rate per pass")
+              f"{head}: {_hours(predict_s)} ({basis}) for {', '.join(priced)} = {predict_s / KAGGLE_LIMIT_S:.0%} of "
+              f"Kaggle's 9 h notebook limit: {verdict}"
               + (f"; without {', '.join(unpriced)} (no rate)" if unpriced else "")
-              + "; CPU members, model loading and tokenizing not counted)")
+              + "; CPU members, model loading and tokenizing not counted")
     return []
 
 
-def _giga(passes: float) -> str:
-    return f"{passes / 1e9:.3g}G" if passes else "0"
+def _si(n: float) -> str:
+    """3 significant digits with k / M / G."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
 
 
 def _this_gpu() -> str | None:
