@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -71,8 +72,9 @@ def test_dry_run_sizes_tokens_and_availability_of_a_local_backbone(tmp_path, fb3
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and " fp16 " in x)
     assert " 3 " in line  # half-size checkpoints by default, three folds
-    work = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and "tokenised" in x)
-    assert "not measured" in work  # no GPU throughput measured here
+    assert any(x.strip().startswith("tiny-v3") and "tokenised" in x for x in out.splitlines())
+    time = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and "not measured" in x)
+    assert "architecture not one of known.py's" in time or "no GPU named" in time  # no rate for a toy model
     assert "local folder" in out and "30 (member, fold) jobs" not in out and "6 (member, fold) jobs" in out
     assert not (tmp_path / "ws").exists()  # a dry run writes nothing
 
@@ -107,3 +109,101 @@ def test_dry_run_refuses_a_blend_run_would_refuse(tmp_path, fb3_dir, capsys):
     zoo["blend"]["members"] = ["tiny-v3", "tfidf-ridge"]  # --only does not hide the zoo's other members
     (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(zoo))
     assert main(["train", str(tmp_path / "zoo.yaml"), "--dry-run", "--only", "tiny-v3"]) == 0
+
+
+def _work(model_type: str = "bert", **kw: object):
+    """8 essays of 10 tokens in 2 folds (each fold: 40 tokens trained, 40 validated), 6 layers, 2 epochs of 2
+    steps (batch 2), an evaluation at each epoch end, 100 test tokens."""
+    from fb3stack.base.sizes import member_work
+
+    cfg = TransformerConfig(**{"name": "w", "kind": "transformer", "epochs": 2, "batch_size": 2, "eval_start": 0.0,
+                               "evals_per_epoch": 1, **kw})
+    return member_work(cfg, 6, model_type, np.full(8, 10.0), np.repeat([0, 1], 4), 100.0)
+
+
+def test_work_counts_frozen_layers_once_with_the_prefix_cache_and_every_step_without():
+    """Layer passes (forward 1, backward 2) by training's rule: 2 folds x 2 epochs x 40 tokens = 160 token-steps,
+    2 folds x 2 evaluations x 40 tokens = 160 evaluated tokens, 80 essays' tokens in all."""
+    plain = _work()
+    assert (plain.prefix, plain.steps, plain.evaluation, plain.adversary) == (0, 160 * 6 * 3, 160 * 6, 0)
+    assert plain.predict == 100 * 6 * 2  # every layer, every fold
+    every_step = _work(freeze_layers=2, prefix_cache=False)  # frozen: forward only, in every step and evaluation
+    assert not every_step.cached and every_step.prefix == 0
+    assert every_step.steps == 160 * (4 * 3 + 2) and every_step.evaluation == 160 * 6
+    assert every_step.predict == 100 * 6 * 2
+    once = _work(freeze_layers=2)  # prefix cache: the 2 frozen layers once per essay, steps train the 4 others
+    assert once.cached and once.prefix == 80 * 2
+    assert once.steps == 160 * 4 * 3 and once.evaluation == 160 * 4
+    assert once.predict == 100 * (2 + 4 * 2)  # one prefix pass per test essay serves both folds
+    assert once.training == once.prefix + once.steps + once.evaluation < every_step.training < plain.training
+    checkpointed = _work(freeze_layers=2, gradient_checkpointing=True)  # the trained layers' recompute
+    assert checkpointed.steps == 160 * 4 * 4 and checkpointed.prefix == once.prefix
+    other = _work("gpt2", freeze_layers=2)  # an architecture the cache does not cover: frozen layers every step
+    assert not other.cached and other.steps == every_step.steps and other.prefix == 0
+
+
+def test_work_counts_the_adversary_and_every_evaluation():
+    # the adversary repeats the step (forward + backward) from adv_start_epoch on: here the second of 2 epochs
+    fgm = _work(adversarial="fgm")
+    assert fgm.adversary == 2 * 1 * 40 * 6 * 3 and fgm.steps == 160 * 6 * 3
+    awp = _work(adversarial="awp", freeze_layers=2)  # with the prefix cache: the trained layers only
+    assert awp.adversary == 2 * 1 * 40 * 4 * 3
+    assert _work(adversarial="fgm", adv_start_epoch=2).adversary == 0  # never starts within 2 epochs
+    # evaluations as the trainer schedules them: 2 per epoch from epoch 1.0 on = steps {2, 3, 4} = 3 per fold
+    assert _work(evals_per_epoch=2, eval_start=1.0).evaluation == 2 * 3 * 40 * 6
+
+
+def _kaggle_large(**kw: object) -> TransformerConfig:
+    return TransformerConfig(**{"name": "l", "kind": "transformer", "max_len": 1024, "batch_size": 2, "amp": "fp16",
+                                "gradient_checkpointing": True, **kw})
+
+
+def test_t4_rate_is_an_estimate_from_the_h100_row_times_the_peak_ratio(monkeypatch):
+    from fb3stack.base import sizes
+    from fb3stack.base.sizes import training_rate
+
+    h100 = training_rate("H100", _kaggle_large(), "deberta-v3-large", 24)
+    assert h100.measured and h100.label.startswith("measured") and h100.passes_per_s == 3736 * 24 * 4
+    t4 = training_rate("Tesla T4", _kaggle_large(), "deberta-v3-large", 24)
+    assert not t4.measured and t4.label.startswith("est. from H100 x peak ratio") and "measured" not in t4.label
+    assert t4.row == h100.row and t4.passes_per_s == pytest.approx(h100.passes_per_s * 65 / 989.4)
+    assert training_rate("T4", _kaggle_large(amp="auto"), "deberta-v3-large", 24).passes_per_s == t4.passes_per_s
+    emulated = training_rate("T4", _kaggle_large(amp="bf16"), "deberta-v3-large", 24)  # no bf16 tensor cores
+    assert emulated == "not measured (bf16 has no tensor-core peak on T4)"
+    doubled = tuple(replace(g, tflops={"fp16": 130.0}) if g.name == sizes.T4 else g for g in sizes.GPUS)
+    monkeypatch.setattr(sizes, "GPUS", doubled)
+    assert training_rate("T4", _kaggle_large(), "deberta-v3-large", 24).passes_per_s == \
+        pytest.approx(2 * t4.passes_per_s)  # scales with the peak ratio
+    # a shape the H100 did not run: the nearest row of the same architecture and max_len, its differences named
+    base = training_rate("T4", _kaggle_large(batch_size=4), "deberta-v3-base", 12)
+    assert base.row.batch_size == 8 and base.row.precision == "fp16" and not base.row.checkpointing
+    assert "no checkpointing" in base.label and "batch 8" in base.label
+    assert "no H100 row of deberta-v3-large at max_len 1536" in training_rate("T4", _kaggle_large(max_len=1536),
+                                                                              "deberta-v3-large", 24)
+    assert "A100: no peak FLOP/s known" in training_rate("A100", _kaggle_large(), "deberta-v3-large", 24)
+
+
+def test_dry_run_times_on_a_t4_are_labelled_estimates_with_prediction_against_9_hours(tmp_path, fb3_dir,
+                                                                                    monkeypatch, capsys):
+    from fb3stack.base import sizes
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a hub backbone: its published config, nothing downloaded
+    zoo = yaml.safe_load(_zoo(tmp_path, "microsoft/deberta-v3-base", fb3_dir).read_text())
+    zoo["members"][0].update(max_len=512, batch_size=8, device="auto", amp="auto")  # an H100-measured shape
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(zoo))
+    times = {}
+    for gpu in ("H100", "T4"):
+        assert main(["train", str(tmp_path / "zoo.yaml"), "--dry-run", "--gpu", gpu]) == 0
+        out = capsys.readouterr().out
+        times[gpu] = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and "M (" not in x
+                          and ("measured (" in x or "est." in x))
+        prediction = next(x for x in out.splitlines() if x.startswith("prediction of ~2,700 hidden test essays"))
+        assert "of Kaggle's 9 h notebook limit: within" in prediction and "tiny-v3" in prediction
+        work = next(x for x in out.splitlines() if x.strip().startswith("tiny-v3") and "M (" in x)
+        assert "1/12, once" in work  # one frozen layer, computed once per essay
+    assert "measured (H100, this shape)" in times["H100"] and "est." not in times["H100"]
+    assert "est. from H100 x peak ratio" in times["T4"] and "measured (" not in times["T4"]
+    assert "(est., not measured on this GPU)" in prediction
+    monkeypatch.setattr(sizes, "HIDDEN_TEST_ESSAYS", 10**8)
+    assert main(["train", str(tmp_path / "zoo.yaml"), "--dry-run", "--gpu", "T4"]) == 0
+    assert "of Kaggle's 9 h notebook limit: OVER" in capsys.readouterr().out

@@ -33,10 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-retries", type=int, default=2, help="Ray: reruns of a job whose worker died")
     p.add_argument("--dry-run", action="store_true", help="check every member's config and backbone (where it "
                    "comes from here), show each model's size, max_len, autocast, checkpoint and bundle sizes, and the "
-                   "work (jobs, tokens, time where measured); train nothing, write nothing, download nothing; exit 2 "
-                   "when `run` would refuse")
-    p.add_argument("--gpu", help="--dry-run: the GPU to estimate training time for, e.g. H100 (default: this "
-                   "machine's)")
+                   "work (jobs, tokens, layer passes by the frozen-prefix rule, time measured or labelled est.); "
+                   "train nothing, write nothing, download nothing; exit 2 when `run` would refuse")
+    p.add_argument("--gpu", help="--dry-run: the GPU to time the work on, H100 (measured rows) or T4 (estimated "
+                   "from them x the peak FLOP/s ratio); default: this machine's")
     p.set_defaults(func=run)
 
 
@@ -162,10 +162,22 @@ def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> No
 
 def print_work(members: list, described: dict[str, dict], statuses: list, cfg: RunConfig,
                args: argparse.Namespace) -> list[str]:
-    """(member, fold) jobs, epochs, training tokens per fold and time where measured; returns refusals."""
+    """(member, fold) jobs, epochs, training tokens, the work in layer passes by training's rule (sizes.py) and
+    the time it takes on the named GPU (measured rate, or an estimate labelled as one), with the prediction of
+    FB3's hidden test set against Kaggle's notebook limit; returns refusals."""
     import numpy as np
 
-    from fb3stack.base.sizes import match_gpu, measured_throughput, member_arch, token_lengths
+    from fb3stack.base.sizes import (
+        GPUS,
+        HIDDEN_TEST_ESSAYS,
+        KAGGLE_LIMIT_S,
+        known_gpu,
+        member_arch,
+        member_model_type,
+        member_work,
+        token_lengths,
+        training_rate,
+    )
     from fb3stack.constants import FOLD_COL, ID_COL, TEXT_COL
     from fb3stack.data import DATA_ENV, DataError
     from fb3stack.folds import make_folds, read_folds
@@ -183,33 +195,81 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
         return [f"training data: {err}"] if named else []  # none named: a plan made away from the data
     fold_of = train[[ID_COL]].merge(folds, on=ID_COL)[FOLD_COL].to_numpy()
     n_folds = int(fold_of.max()) + 1
-    gpu = args.gpu or _this_gpu()
+    gpu_name = args.gpu or _this_gpu()
+    gpu = known_gpu(gpu_name)
     texts = train[TEXT_COL].tolist()
-    rows = []
+    work_rows, time_rows, predict_s, unpriced, estimated = [], [], 0.0, [], False
     for m in members:
         row = {"member": m.name, "jobs": n_folds}
-        if "n_params" not in described[m.name]:
-            rows.append({**row, "epochs": "", "time": "not measured"})
+        d = described[m.name]
+        if "n_params" not in d:
+            work_rows.append(row)
+            time_rows.append({"member": m.name, "time": "not estimated (not a transformer)"})
             continue
         available = all(s.where != "hub download" and not s.error for s in statuses
                         if s.key.startswith(f"members.{m.name}."))
         lengths, how = token_lengths(m, texts, available)
+        work = member_work(m, d["layers"], member_model_type(m), lengths, fold_of,
+                           HIDDEN_TEST_ESSAYS * float(lengths.mean()))
         per_fold = [lengths[fold_of != k].sum() * m.epochs for k in range(n_folds)]
-        thr = measured_throughput(gpu, m, member_arch(m))
-        seconds = [t / thr.tokens_per_s for t in per_fold] if thr else None
-        rows.append({**row, "epochs": m.epochs, "essays/fold": int(np.mean([(fold_of != k).sum()
-                                                                            for k in range(n_folds)])),
-                     "tokens/fold": f"{np.mean(per_fold) / 1e6:.2f}M ({how})",
-                     "tokens/s": f"{thr.tokens_per_s:,.0f}" if thr else "",
-                     "time/fold": _hours(np.mean(seconds)) if seconds else "not measured",
-                     "time": _hours(sum(seconds)) if seconds else "not measured"})
+        frozen = f"{work.frozen}/{work.layers}" + (", once" if work.cached else ", every step" if work.frozen else "")
+        work_rows.append({**row, "epochs": m.epochs, "essays/fold": int(np.mean([(fold_of != k).sum()
+                                                                                  for k in range(n_folds)])),
+                          "tokens/fold": f"{np.mean(per_fold) / 1e6:.2f}M ({how})", "frozen": frozen,
+                          "prefix": _si(work.prefix), "steps": _si(work.steps),
+                          "adversary": _si(work.adversary), "evaluations": _si(work.evaluation),
+                          "training": _si(work.training), "predict": _si(work.predict)})
+        rate = training_rate(gpu.name if gpu else gpu_name, m, member_arch(m), d["layers"])
+        if isinstance(rate, str):
+            time_rows.append({"member": m.name, "time": rate})
+            unpriced.append(m.name)
+            continue
+        seconds, estimated = work.training / rate.passes_per_s, estimated or not rate.measured
+        predict_s += work.predict / rate.passes_per_s
+        time_rows.append({"member": m.name, "passes/s": _si(rate.passes_per_s),
+                          "time/fold": _hours(seconds / n_folds), "time": _hours(seconds),
+                          "predict": _hours(work.predict / rate.passes_per_s), "rate from": rate.label})
     jobs = n_folds * len(members)
     print(f"work: {jobs} (member, fold) jobs on {len(train)} essays of {data_dir}, {n_folds} folds; tokens/fold = "
-          "training tokens over all epochs (real tokens, max_len applied); time only from a measured throughput "
-          f"for this shape on {match_gpu(gpu) or gpu or 'no GPU named (--gpu)'} (training steps only: no "
-          "evaluation, no adversarial second pass)")
-    print(text_table(rows))
+          "training tokens over all epochs (real tokens, max_len applied). Work = layer passes (k, M, G), all folds (a "
+          "token through one encoder layer: forward 1, backward 2, checkpointing's recompute 1; embeddings, pooler "
+          "and head not counted). steps: trained layers forward + backward, frozen layers forward only, in every "
+          "step unless the prefix cache replays them ('once': freeze_layers + prefix_cache on a verified "
+          "architecture; prefix = embeddings + frozen layers once per essay for the member); adversary: fgm/awp's "
+          "second forward/backward from adv_start_epoch; evaluations: a forward over the fold's validation essays "
+          "at each evaluation (early stopping not foreseen); training = their sum; predict: "
+          f"{HIDDEN_TEST_ESSAYS:,} test essays (FB3's hidden test set, train.csv's mean length) through every fold, "
+          "the prefix once per essay where cached")
+    print(text_table(work_rows))
+    print()
+    peaks = "; ".join(f"{g.name} " + ", ".join(f"{p} {t:g}" for p, t in g.tflops.items()) for g in GPUS)
+    print(f"time on {gpu.name if gpu else gpu_name or 'no GPU named (--gpu H100, --gpu T4)'} = work / rate, a rate "
+          "in layer passes/s from a measured training step (tokens/s x layers x 3, x 4 with checkpointing; "
+          "evaluation and prediction forwards charged at the same rate per pass, though faster without gradients). "
+          "'measured': this exact shape measured on this GPU (benchmarks/results/gpu_check_h100_20261126_full.csv). "
+          "'est.': an estimate, never a measurement: the nearest H100 row of the same architecture and max_len x "
+          f"the ratio of datasheet dense tensor-core peaks, TFLOP/s ({peaks}); the H100 rows ran at 2-4% of peak, "
+          "so it is an order of magnitude")
+    print(text_table(time_rows))
+    if gpu is not None:
+        priced = [m.name for m in members if "n_params" in described[m.name] and m.name not in unpriced]
+        verdict = "within" if predict_s <= KAGGLE_LIMIT_S else "OVER"
+        head = f"prediction of ~{HIDDEN_TEST_ESSAYS:,} hidden test essays, every fold, on {gpu.name}"
+        basis = "est., not measured on this GPU" if estimated else "at the measured training rate per pass"
+        print(f"{head}: not estimated (no rate for any transformer member)" if not priced else
+              f"{head}: {_hours(predict_s)} ({basis}) for {', '.join(priced)} = {predict_s / KAGGLE_LIMIT_S:.0%} of "
+              f"Kaggle's 9 h notebook limit: {verdict}"
+              + (f"; without {', '.join(unpriced)} (no rate)" if unpriced else "")
+              + "; CPU members, model loading and tokenizing not counted")
     return []
+
+
+def _si(n: float) -> str:
+    """3 significant digits with k / M / G."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
 
 
 def _this_gpu() -> str | None:
