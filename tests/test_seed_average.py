@@ -276,3 +276,14 @@ def test_a_seed_is_the_single_seed_member_with_that_seed() -> None:
     assert config_hash(avg) != config_hash(lgbm())
     assert seed_members(lgbm()) == [lgbm()]
     assert dataclasses.asdict(avg)["seeds"] == [5, 6] and to_dict(avg)["seeds"] == [5, 6]
+
+
+def test_dry_run_counts_every_seeds_jobs(tmp_path: Path, fb3_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    zoo = {"name": "z", "workspace": str(tmp_path / "ws"), "data": {"data_dir": str(fb3_dir), "limit": 90},
+           "folds": {"n_folds": N_FOLDS, "seed": 0},
+           "members": [{**LGBM, "seeds": [1, 2]}, {"name": "tfidf", "kind": "tfidf-ridge"}]}
+    (tmp_path / "zoo.yaml").write_text(yaml.safe_dump(zoo))
+    assert main(["train", str(tmp_path / "zoo.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{2 * N_FOLDS + N_FOLDS} (member, fold) jobs" in out
+    assert not (tmp_path / "ws").exists()

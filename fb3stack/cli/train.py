@@ -145,10 +145,12 @@ def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> No
             rows.append({"member": m.name, "params": "", "per fold": "not estimated"})
             continue
         size = transformer_size(m, n_folds)
-        total += size.total
+        n_seeds = len(m.seeds or [m.seed])  # a seed average stores every seed's folds (and frozen part)
+        total += size.total * n_seeds
         rows.append({"member": m.name, "params": f"{d['n_params'] / 1e6:.1f}M", "frozen": f"{d['n_frozen'] / 1e6:.1f}M",
-                     "stored": m.checkpoint_dtype, "folds": n_folds, "per fold": human_bytes(size.per_fold),
-                     "once per member": human_bytes(size.shared), "member total": human_bytes(size.total)})
+                     "stored": m.checkpoint_dtype, "folds": n_folds * n_seeds, "per fold": human_bytes(size.per_fold),
+                     "once per member": human_bytes(size.shared * n_seeds),
+                     "member total": human_bytes(size.total * n_seeds)})
     print(f"checkpoints ({n_folds} folds; weights only: tokenizer and config files not counted; CPU members' "
           "sklearn/LightGBM files not estimated):")
     print(text_table(rows))
@@ -186,7 +188,8 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
     texts = train[TEXT_COL].tolist()
     rows = []
     for m in members:
-        row = {"member": m.name, "jobs": n_folds}
+        n_seeds = len(m.seeds or [m.seed])  # a seed average trains every fold once per seed
+        row = {"member": m.name, "jobs": n_folds * n_seeds}
         if "n_params" not in described[m.name]:
             rows.append({**row, "epochs": "", "time": "not measured"})
             continue
@@ -201,8 +204,8 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
                      "tokens/fold": f"{np.mean(per_fold) / 1e6:.2f}M ({how})",
                      "tokens/s": f"{thr.tokens_per_s:,.0f}" if thr else "",
                      "time/fold": _hours(np.mean(seconds)) if seconds else "not measured",
-                     "time": _hours(sum(seconds)) if seconds else "not measured"})
-    jobs = n_folds * len(members)
+                     "time": _hours(sum(seconds) * n_seeds) if seconds else "not measured"})
+    jobs = sum(int(r["jobs"]) for r in rows)
     print(f"work: {jobs} (member, fold) jobs on {len(train)} essays of {data_dir}, {n_folds} folds; tokens/fold = "
           "training tokens over all epochs (real tokens, max_len applied); time only from a measured throughput "
           f"for this shape on {match_gpu(gpu) or gpu or 'no GPU named (--gpu)'} (training steps only: no "
