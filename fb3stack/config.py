@@ -194,12 +194,21 @@ def to_dict(obj: Any, results_only: bool = False) -> Any:
     if dataclasses.is_dataclass(obj):
         skip = getattr(type(obj), "execution_only", ()) if results_only else ()
         return {f.name: to_dict(getattr(obj, f.name), results_only) for f in dataclasses.fields(obj)
-                if f.name not in skip}
+                if f.name not in skip and not _left_out(obj, f)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v, results_only) for v in obj]
     if isinstance(obj, dict):
         return {k: to_dict(v, results_only) for k, v in obj.items()}
     return obj
+
+
+OMIT_IF_DEFAULT = "omit_if_default"  # field metadata: a field added later, left out of to_dict while at its default
+
+
+def _left_out(obj: Any, f: dataclasses.Field) -> bool:
+    """A field marked `metadata={OMIT_IF_DEFAULT: True}` and still at its default: it is not written or hashed, so
+    adding such a field to a config class changes no existing config.yaml and no config hash."""
+    return bool(f.metadata.get(OMIT_IF_DEFAULT)) and getattr(obj, f.name) == f.default
 
 
 def result_dict(obj: Any) -> Any:

@@ -148,7 +148,7 @@ def current_state(root: Path, cfg: RunConfig | None, data_dir: str | os.PathLike
 
 
 def member_status(root: Path, check: Check) -> list[dict[str, Any]]:
-    from fb3stack.base.runner import expected_hashes, fold_done
+    from fb3stack.base.runner import expected_hashes
 
     ws = Workspace(root)
     n_folds = check.prep.n_folds if check.prep is not None else _saved_n_folds(root)
@@ -181,21 +181,92 @@ def member_status(root: Path, check: Check) -> list[dict[str, Any]]:
             before = result_dict(_saved_member_config(saved)) if reasons and saved.is_file() else None
             reasons = explain(reasons, before, result_dict(cfg))
             state = "stale" if reasons else ""
-        folds = []
-        for k in range(n_folds or 0):
-            done = model_dir.is_dir() and fold_done(model_dir, k)
-            # partial: a run was killed inside this fold; training restarts it
-            folds.append(("stale" if state == "stale" else "done") if done else
-                         "partial" if any(model_dir.glob(f".fold{k}.*.tmp")) else "missing")
-        metrics = model_dir / "metrics.json"
-        if not state:
-            finished = metrics.is_file() and (model_dir / "oof.parquet").is_file()
-            state = "done" if finished and all(f == "done" for f in folds) else \
-                "not finalised" if all(f == "done" for f in folds) else f"{folds.count('done')}/{len(folds)} folds"
-        score = read_json(metrics).get("mcrmse") if metrics.is_file() else None
+        manifest = (read_manifest(model_dir) or {}) if model_dir.is_dir() else {}
+        if (cfg is not None and cfg.seeds is not None) or (cfg is None and manifest.get("seed_average")):
+            rows.append(_seed_average_row(name, model_dir, cfg, state, reasons, check, n_folds or 0))
+            continue
+        folds, state = _fold_states(model_dir, n_folds or 0, state)
         rows.append({"member": name, "kind": getattr(cfg, "kind", None) or _saved_kind(model_dir), "state": state,
-                     "folds": folds, "mcrmse": score, "reasons": reasons})
+                     "folds": folds, "mcrmse": _score(model_dir), "reasons": reasons})
     return rows
+
+
+def _fold_states(model_dir: Path, n_folds: int, state: str) -> tuple[list[str], str]:
+    """Each fold's state (done / partial / missing, stale when the member is), and the member's state when
+    nothing made it stale, missing or unknown: done, not finalised, or how many folds are done."""
+    from fb3stack.base.runner import fold_done
+
+    folds = []
+    for k in range(n_folds):
+        done = model_dir.is_dir() and fold_done(model_dir, k)
+        # partial: a run was killed inside this fold; training restarts it
+        folds.append(("stale" if state == "stale" else "done") if done else
+                     "partial" if any(model_dir.glob(f".fold{k}.*.tmp")) else "missing")
+    if not state:
+        finished = (model_dir / "metrics.json").is_file() and (model_dir / "oof.parquet").is_file()
+        state = "done" if finished and all(f == "done" for f in folds) else \
+            "not finalised" if all(f == "done" for f in folds) else f"{folds.count('done')}/{len(folds)} folds"
+    return folds, state
+
+
+def _score(model_dir: Path) -> float | None:
+    metrics = model_dir / "metrics.json"
+    return read_json(metrics).get("mcrmse") if metrics.is_file() else None
+
+
+def _seed_average_row(name: str, model_dir: Path, cfg: MemberConfig | None, state: str, reasons: list[str],
+                      check: Check, n_folds: int) -> dict[str, Any]:
+    """A seed average's row (the mean's score; a fold is done when every seed has it) with one row per seed under
+    "seeds": each judged as the single-seed member it is, and the seed folders on disk the list no longer names."""
+    from fb3stack.base.runner import expected_hashes, seed_dir_name, seed_members
+
+    manifest = (read_manifest(model_dir) or {}) if model_dir.is_dir() else {}
+    listed = seed_members(cfg) if cfg is not None else []
+    seeds = [c.seed for c in listed] if cfg is not None else list(manifest.get("seeds") or [])
+    dirs = {seed: model_dir / seed_dir_name(seed) for seed in seeds}
+    if state == "stale" and manifest and not manifest.get("seed_average") and check.prep is not None:
+        # trained as a single-seed member with one of the seeds: training keeps it as that seed (runner)
+        prep = check.prep
+        kept = next((c for c in listed if not stale_reasons(model_dir, **expected_hashes(c, prep))), None)
+        if kept is not None:
+            state, dirs[kept.seed] = "", model_dir
+            reasons = [f"trained with seed {kept.seed} before `seeds` was set: kept as that seed, the others train"]
+    seed_rows = []
+    for seed in seeds:
+        child = next((c for c in listed if c.seed == seed), None)
+        seed_dir = dirs[seed]
+        seed_state, seed_reasons = ("stale" if state == "stale" else "", [])
+        if child is not None and check.prep is not None and seed_dir.is_dir() and not seed_state:
+            found = stale_reasons(seed_dir, **expected_hashes(child, check.prep))
+            saved = seed_dir / "config.yaml"
+            before = result_dict(_saved_member_config(saved)) if found and saved.is_file() else None
+            seed_reasons = explain(found, before, result_dict(child))
+            seed_state = "stale" if seed_reasons else ""
+        if not seed_dir.is_dir():
+            seed_state = "missing"
+        folds, seed_state = _fold_states(seed_dir, n_folds, seed_state)
+        seed_rows.append({"member": f"{name}/{seed_dir_name(seed)}", "seed": seed, "state": seed_state,
+                          "folds": folds, "mcrmse": _score(seed_dir), "reasons": seed_reasons})
+    for seed_dir in sorted(model_dir.glob("seed*")) if model_dir.is_dir() else []:
+        if seed_dir.is_dir() and (seed_dir / "config.yaml").is_file() and seed_dir.name not in \
+                {seed_dir_name(x) for x in seeds}:
+            folds, _ = _fold_states(seed_dir, n_folds, "")
+            seed_rows.append({"member": f"{name}/{seed_dir.name}", "seed": None, "state": "unused", "folds": folds,
+                              "mcrmse": _score(seed_dir), "reasons": ["not in `seeds`: left out of the mean (kept; "
+                                                                      "listed again, it is used again)"]})
+    used = [r for r in seed_rows if r["state"] != "unused"]
+    folds = [("stale" if state == "stale" else "done") if all(r["folds"][k] == "done" for r in used) else
+             f"{sum(r['folds'][k] == 'done' for r in used)}/{len(used)} seeds" for k in range(n_folds)]
+    if not state:
+        if manifest.get("content_hash") and manifest.get("seeds") != seeds:
+            reasons = [*reasons, f"seeds {manifest.get('seeds')} -> {seeds}: averaged again by train / run"]
+        finished = manifest.get("seeds") == seeds and (model_dir / "oof.parquet").is_file()
+        all_done = all(r["state"] == "done" for r in used)
+        state = "done" if finished and all_done else "not finalised" if all_done else \
+            f"{sum(r['state'] == 'done' for r in used)}/{len(used)} seeds"
+    return {"member": name, "kind": getattr(cfg, "kind", None) or _saved_kind(model_dir), "state": state,
+            "folds": folds, "mcrmse": _score(model_dir) if manifest.get("seed_average") else None,
+            "reasons": reasons, "seeds": seed_rows}
 
 
 def _saved_n_folds(root: Path) -> int | None:

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 from fb3stack import dist
 from fb3stack.base.member import MemberConfig
 from fb3stack.base.registry import member_class
-from fb3stack.base.runner import begin_member, check_fold, finalize_member, fold_done, member_is_complete, train_fold
+from fb3stack.base.runner import (
+    begin_member,
+    check_fold,
+    finalize_member,
+    fold_done,
+    member_is_complete,
+    seed_members,
+    train_fold,
+)
 from fb3stack.io import read_json
 from fb3stack.progress import progress
 from fb3stack.workspace import Prepared
@@ -24,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 def pending_jobs(members: Sequence[MemberConfig], prep: Prepared, folds: Sequence[int] | None = None
                  ) -> list[tuple[MemberConfig, int]]:
-    """(member, fold) pairs still to train; also archives stale members before any job starts."""
+    """(member, fold) pairs still to train; also archives stale members before any job starts. A seed average's
+    jobs are its seeds' (one single-seed member each, `runner.seed_members`): only the folds a seed lacks."""
     jobs = []
     for m in members:
         if member_is_complete(m, prep) and folds is None:
@@ -32,7 +41,9 @@ def pending_jobs(members: Sequence[MemberConfig], prep: Prepared, folds: Sequenc
             continue
         model_dir = begin_member(m, prep)  # serially here, so parallel jobs never race on archiving
         todo = folds if folds is not None else range(prep.n_folds)
-        jobs += [(m, k) for k in todo if not check_fold(model_dir, k, m)]
+        for unit in seed_members(m):
+            unit_dir = model_dir if unit is m else begin_member(unit, prep)
+            jobs += [(unit, k) for k in todo if not check_fold(unit_dir, k, unit)]
     return jobs
 
 
@@ -42,7 +53,8 @@ def finish(members: Sequence[MemberConfig], prep: Prepared) -> dict[str, dict]:
         return results
     for m in members:
         model_dir = prep.workspace.model_dir(m.name)
-        if all(fold_done(model_dir, k) for k in range(prep.n_folds)):
+        units = [prep.workspace.model_dir(u.name) for u in seed_members(m)]
+        if all(fold_done(unit, k) for unit in units for k in range(prep.n_folds)):
             done = member_is_complete(m, prep) and (model_dir / "oof.parquet").is_file()
             results[m.name] = read_json(model_dir / "metrics.json") if done else finalize_member(m, prep)
     return results

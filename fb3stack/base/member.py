@@ -8,13 +8,14 @@ saves everything needed to predict into `fold_dir`, and returns predictions for 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
+from fb3stack.config import OMIT_IF_DEFAULT
 from fb3stack.workspace import Workspace
 
 
@@ -33,6 +34,10 @@ class MemberConfig:
     name: str
     kind: str
     seed: int = 42
+    # a seed average: one single-seed member per seed, trained into models/<name>/seed<s>/ on the shared folds, and
+    # their mean as this member's OOF and predictions (fb3stack.base.runner, "Seed averages"); `seed` is then
+    # unused. Unset it is neither written nor hashed, so members configured before it existed never retrain.
+    seeds: list[int] | None = field(default=None, metadata={OMIT_IF_DEFAULT: True})
 
 
 @dataclass

@@ -48,4 +48,7 @@ def load_member_config(
     kind = raw.get("kind")
     if not isinstance(kind, str):
         raise ConfigError(f"{where}: member needs a 'kind', one of {member_kinds()}")
-    return from_dict(member_class(kind).config_cls, raw, where=where)
+    cfg = from_dict(member_class(kind).config_cls, raw, where=where)
+    if cfg.seeds is not None and (not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds)):
+        raise ConfigError(f"{where}.seeds: a seed average needs one or more distinct seeds, got {cfg.seeds}")
+    return cfg

@@ -18,12 +18,31 @@ training loop is `fb3stack.base.executors` (`run_local` is what `fb3stack train`
 
 The config hash covers only result-relevant settings (`fb3stack.config.result_dict`): the execution-only
 fields a config class declares (threads, device, eval batch size ...) never make a member stale.
+
+Seed averages. `seeds: [42, 43, 44]` on any member kind makes the member the mean of one single-seed member per
+seed, each trained on the shared folds into its own folder, laid out and sealed exactly as a member of its own
+(it *is* one, named <name>/seed<s>: `seed_members`), so every rule above holds per seed:
+
+    models/<name>/config.yaml        the config with its `seeds`
+    models/<name>/manifest.json      data, folds and config hash (the seed list left out) and, once complete, the
+                                     seeds, each seed's content hash, and content_hash over all of these
+    models/<name>/oof.parquet        the mean of the seeds' OOFs: what blend, predict and bundle see
+    models/<name>/metrics.json       the mean's scores, and each seed's under "seeds"
+    models/<name>/seed<s>/           one seed: config.yaml (seed s), manifest.json, fold<k>/, oof.parquet, ...
+
+A seed's config hash is that of the single-seed member with that seed, so a seed added later trains only itself,
+a seed removed from the list is left out of the mean (its folder stays, unused, until it is listed again), and a
+member trained with `seed: 42` before `seeds: [42, 43]` was set becomes that list's first seed without
+retraining (and the other way round). Without `seeds` nothing differs from a single-seed member: same files,
+same hashes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -74,15 +93,48 @@ def fold_dir(model_dir: Path, fold: int) -> Path:
 
 def config_hash(cfg: MemberConfig) -> str:
     """Hash of the settings that change what the member learns (execution-only fields left out); a renamed kind
-    hashes under its old name, so the rename retrains nothing."""
+    hashes under its old name, so the rename retrains nothing. One seed of a seed average hashes as the
+    single-seed member it is (its member's name, its seed); a seed average leaves its seeds to its content hash,
+    so adding or removing one never makes the seeds already trained stale."""
     settings = result_dict(cfg)
     settings["kind"] = HASHED_AS.get(settings["kind"], settings["kind"])
+    settings["name"] = _member_name(cfg)
+    if cfg.seeds is not None:
+        del settings["seeds"], settings["seed"]
+        settings["seed_average"] = True
     return sha256_json(settings)
 
 
 def content_hash(cfg_hash: str, fold_digests: list[str]) -> str:
     """What a member's predictions depend on: its result-relevant config and the files of every fold model."""
     return sha256_json({"config_hash": cfg_hash, "folds": fold_digests})
+
+
+def seed_average_hash(cfg_hash: str, seeds: list[int], seed_hashes: list[str]) -> str:
+    """What a seed average's predictions depend on: its config, the seed list and each seed's content hash."""
+    return sha256_json({"config_hash": cfg_hash, "seeds": list(seeds), "seed_hashes": list(seed_hashes)})
+
+
+def seed_dir_name(seed: int) -> str:
+    return f"seed{seed}"
+
+
+def seed_members(cfg: MemberConfig) -> list[MemberConfig]:
+    """What trains for `cfg`: the member itself, or for a seed average one single-seed member per seed (the same
+    settings with `seed` set), named <name>/seed<s> so that it lives in models/<name>/seed<s>/."""
+    if cfg.seeds is None:
+        return [cfg]
+    return [dataclasses.replace(cfg, name=f"{cfg.name}/{seed_dir_name(s)}", seed=s, seeds=None) for s in cfg.seeds]
+
+
+def _member_name(cfg: MemberConfig) -> str:
+    """The zoo member a config belongs to: its name, or for one seed of a seed average the average's name."""
+    parent, sep, last = cfg.name.rpartition("/")
+    return parent if sep and cfg.seeds is None and last == seed_dir_name(cfg.seed) else cfg.name
+
+
+def _archive_label(cfg: MemberConfig) -> str:
+    return cfg.name.replace("/", "-")
 
 
 def expected_hashes(cfg: MemberConfig, prep: Prepared) -> dict[str, str]:
@@ -103,6 +155,9 @@ def resolve_members(cfg: RunConfig) -> list[MemberConfig]:
             except ConfigError as err:
                 sets = ", ".join(f"members.{member.name}.{o}" for o in extra)
                 raise ConfigError(f"--set {sets} (members[{i}], {member.name!r}): {err}") from err
+        if not member.name or any(ch in member.name for ch in "/\\") or member.name.startswith("."):
+            raise ConfigError(f"{where}: members[{i}]: name {member.name!r} must be a plain folder name "
+                              "(models/<name>/): not empty, no '/' or '\\', not starting with '.'")
         members.append(member)
     names = [m.name for m in members]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -196,25 +251,115 @@ def begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
 
 
 def _begin_member(cfg: MemberConfig, prep: Prepared) -> Path:
+    if cfg.seeds is not None:
+        return _begin_seed_average(cfg, prep)
     model_dir = prep.workspace.model_dir(cfg.name)
     expected = expected_hashes(cfg, prep)
-    if model_dir.exists() and read_manifest(model_dir) is not None:
+    manifest = read_manifest(model_dir) if model_dir.exists() else None
+    if manifest is not None and manifest.get("seed_average") and _take_seed_out(cfg, prep):
+        manifest = read_manifest(model_dir)
+    if manifest is not None:
         reasons = stale_reasons(model_dir, **expected)
         if not reasons:
             _record_execution_settings(cfg, model_dir)
             return model_dir
-        source = imported_members(prep.workspace.root).get(cfg.name, {}).get("source")
-        if source:  # trained elsewhere (fb3stack import): never replaced by a retrain here
-            raise StaleArtefactError(
-                f"member '{cfg.name}' was imported from {source} and does not match this zoo's entry "
-                f"({'; '.join(reasons)}); it is not retrained here. Leave it out of the zoo YAML (the blend still "
-                "names it), or give it the settings it was trained with")
-        archive = _move_aside(model_dir, model_dir.parent / ".stale", cfg.name)
-        logger.warning("%s is stale (%s); moved to %s and retraining", model_dir, "; ".join(reasons), archive)
+        _refuse_imported(cfg, prep, reasons)
+        _archive_stale(cfg, prep, model_dir, reasons)
     model_dir.mkdir(parents=True, exist_ok=True)
     write_yaml(model_dir / "config.yaml", to_dict(cfg))
     write_manifest(model_dir, **expected)
     return model_dir
+
+
+def _refuse_imported(cfg: MemberConfig, prep: Prepared, reasons: list[str]) -> None:
+    source = imported_members(prep.workspace.root).get(cfg.name, {}).get("source")
+    if source:  # trained elsewhere (fb3stack import): never replaced by a retrain here
+        raise StaleArtefactError(
+            f"member '{cfg.name}' was imported from {source} and does not match this zoo's entry "
+            f"({'; '.join(reasons)}); it is not retrained here. Leave it out of the zoo YAML (the blend still "
+            "names it), or give it the settings it was trained with")
+
+
+def _archive_stale(cfg: MemberConfig, prep: Prepared, model_dir: Path, reasons: list[str]) -> Path:
+    archive = _move_aside(model_dir, prep.workspace.root / "models" / ".stale", _archive_label(cfg))
+    logger.warning("%s is stale (%s); moved to %s and retraining", model_dir, "; ".join(reasons), archive)
+    return archive
+
+
+def _begin_seed_average(cfg: MemberConfig, prep: Prepared) -> Path:
+    """models/<name>/ of a seed average: a stale one (other data, folds or settings than the seed list) archived,
+    a single-seed member trained with one of the seeds taken in as that seed; a changed seed list only makes the
+    member incomplete until `finalize_member` averages the listed seeds again."""
+    model_dir = prep.workspace.model_dir(cfg.name)
+    expected = expected_hashes(cfg, prep)
+    _finish_taking_in(model_dir)
+    manifest = read_manifest(model_dir) if model_dir.exists() else None
+    if manifest is not None and not manifest.get("seed_average") and _take_in_single_seed(cfg, prep, model_dir):
+        manifest = None
+    if manifest is not None:
+        reasons = stale_reasons(model_dir, **expected)
+        seeds_changed = "content_hash" in manifest and manifest.get("seeds") != list(cfg.seeds)
+        if not reasons and not seeds_changed:
+            _record_execution_settings(cfg, model_dir)
+            return model_dir
+        if not reasons:  # seeds added or removed: the seeds' own folders stay, the mean is made again
+            _refuse_imported(cfg, prep, [f"seeds {manifest.get('seeds')} -> {cfg.seeds}"])
+            logger.info("%s: seeds %s -> %s; a seed not trained yet trains, the mean is made of the listed ones",
+                        cfg.name, manifest.get("seeds"), cfg.seeds)
+        else:
+            _refuse_imported(cfg, prep, reasons)
+            _archive_stale(cfg, prep, model_dir, reasons)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_yaml(model_dir / "config.yaml", to_dict(cfg))
+    write_manifest(model_dir, **expected, seed_average=True)
+    return model_dir
+
+
+def _taking_in(model_dir: Path) -> Path:
+    # a fixed name (the workspace lock makes this process its only writer): a run killed between the two renames of
+    # _take_in_single_seed is completed by the next one
+    return model_dir.parent / f".{model_dir.name}.seed-average.tmp"
+
+
+def _finish_taking_in(model_dir: Path) -> None:
+    staging = _taking_in(model_dir)
+    if staging.is_dir():
+        if model_dir.exists():
+            staging.rmdir()  # killed before the first rename: it is empty
+        else:
+            os.rename(staging, model_dir)
+
+
+def _take_in_single_seed(cfg: MemberConfig, prep: Prepared, model_dir: Path) -> bool:
+    """models/<name>/ holds a single-seed member, up to date as one of `cfg.seeds` (trained with `seed: s` before
+    `seeds` was set): it becomes models/<name>/seed<s>/, not retrained. False when it is none of them."""
+    if cfg.name in imported_members(prep.workspace.root):
+        return False  # an imported member is never rearranged; it is refused as it is
+    child = next((c for c in seed_members(cfg) if not stale_reasons(model_dir, **expected_hashes(c, prep))), None)
+    if child is None:
+        return False
+    staging = _taking_in(model_dir)
+    staging.mkdir()
+    os.rename(model_dir, staging / seed_dir_name(child.seed))
+    os.rename(staging, model_dir)
+    logger.info("%s: the single-seed member trained with seed %d is now seed %d of the seed average %s",
+                cfg.name, child.seed, child.seed, cfg.seeds)
+    return True
+
+
+def _take_seed_out(cfg: MemberConfig, prep: Prepared) -> bool:
+    """The other way: models/<name>/ is a seed average and `cfg` a single-seed member whose seed it holds up to
+    date; the average (with its other seeds) is archived and that seed's folder becomes the member."""
+    model_dir = prep.workspace.model_dir(cfg.name)
+    seed_dir = model_dir / seed_dir_name(cfg.seed)
+    if cfg.name in imported_members(prep.workspace.root) or read_manifest(seed_dir) is None \
+            or stale_reasons(seed_dir, **expected_hashes(cfg, prep)):
+        return False
+    archive = _move_aside(model_dir, prep.workspace.root / "models" / ".stale", _archive_label(cfg))
+    os.rename(archive / seed_dir.name, model_dir)
+    logger.info("%s: seed %d taken out of the seed average (archived as %s) as the single-seed member", cfg.name,
+                cfg.seed, archive)
+    return True
 
 
 def _move_aside(src: Path, folder: Path, name: str) -> Path:
@@ -253,7 +398,10 @@ def check_fold(model_dir: Path, fold: int, cfg: MemberConfig | None = None) -> b
         return True
     if not dist.is_main():  # the main process sets it aside; helpers just see it as not done
         return False
-    grave = _move_aside(target, model_dir.parent / ".corrupt", f"{model_dir.name}-{target.name}")
+    # models/.corrupt/, also for one seed of a seed average (models/<name>/seed<s>/)
+    root, label = (model_dir.parents[cfg.name.count("/")], _archive_label(cfg)) if cfg else (model_dir.parent,
+                                                                                               model_dir.name)
+    grave = _move_aside(target, root / ".corrupt", f"{label}-{target.name}")
     logger.warning("%s fold %d is damaged (%s); moved to %s and training it again", model_dir.name, fold,
                    "; ".join(problems[:3]), grave)
     return False
@@ -311,7 +459,10 @@ def train_fold(cfg: MemberConfig, prep: Prepared, fold: int) -> Path:
 
 
 def finalize_member(cfg: MemberConfig, prep: Prepared) -> dict:
-    """Gather the fold OOFs into oof.parquet, metrics.json and embeddings.npy; all folds must be done."""
+    """Gather the fold OOFs into oof.parquet, metrics.json and embeddings.npy; all folds must be done. A seed
+    average: each seed's first (where not complete yet), then their mean."""
+    if cfg.seeds is not None:
+        return _finalize_seed_average(cfg, prep)
     model_dir = prep.workspace.model_dir(cfg.name)
     missing = [k for k in range(prep.n_folds) if not fold_done(model_dir, k)]
     if missing:
@@ -347,19 +498,71 @@ def finalize_member(cfg: MemberConfig, prep: Prepared) -> dict:
     return metrics
 
 
+def _finalize_seed_average(cfg: MemberConfig, prep: Prepared) -> dict:
+    """oof.parquet = the mean of the seeds' OOFs, metrics.json = its scores with each seed's, and the content hash
+    over the seed list and the seeds' content hashes; every listed seed's folds must be done."""
+    ws = prep.workspace
+    model_dir = ws.model_dir(cfg.name)
+    truth = prep.train[list(TARGETS)].to_numpy()
+    oofs, seed_metrics, hashes = [], [], []
+    for child in seed_members(cfg):
+        child_dir = ws.model_dir(child.name)
+        metrics = read_json(child_dir / "metrics.json") if member_is_complete(child, prep) else \
+            finalize_member(child, prep)
+        oof = pd.read_parquet(child_dir / "oof.parquet")  # training-file row order, as every member's
+        if list(oof[ID_COL]) != list(prep.train[ID_COL]) or (oof[FOLD_COL].to_numpy() != prep.train[FOLD_COL]).any():
+            raise CorruptArtefactError(f"{child_dir / 'oof.parquet'}: its rows are not the training essays in their "
+                                       "folds; retrain the seed")
+        oofs.append(oof)
+        hashes.append(str(read_manifest(child_dir)["content_hash"]))
+        seed_metrics.append({"seed": child.seed, "mcrmse": metrics["mcrmse"], "rmse": metrics["rmse"],
+                             "folds": [f["mcrmse"] for f in metrics["folds"]],
+                             "seconds": round(sum(f.get("seconds", 0.0) for f in metrics["folds"]), 2)})
+    mean = np.mean([o[list(TARGETS)].to_numpy(dtype=np.float64) for o in oofs], axis=0)
+    oof = oofs[0][[ID_COL, FOLD_COL]].copy()
+    oof[list(TARGETS)] = mean
+    folds = oof[FOLD_COL].to_numpy()
+    metrics = score_report(truth, mean)
+    # per fold: the mean's score there, and the time every seed spent on it
+    metrics["folds"] = [{**score_report(truth[folds == k], mean[folds == k]), "fold": k,
+                         "seconds": round(sum(read_json(fold_dir(ws.model_dir(c.name), k) / "metrics.json")
+                                              .get("seconds", 0.0) for c in seed_members(cfg)), 2)}
+                        for k in range(prep.n_folds)]
+    metrics["name"], metrics["kind"] = cfg.name, cfg.kind
+    metrics["seeds"] = seed_metrics
+    write_parquet(model_dir / "oof.parquet", oof)
+    write_json(model_dir / "metrics.json", metrics)
+    update_manifest(model_dir, seeds=list(cfg.seeds), seed_hashes=hashes,
+                    content_hash=seed_average_hash(config_hash(cfg), cfg.seeds, hashes),
+                    oof_sha256=sha256_file_cached(model_dir / "oof.parquet"),
+                    metrics_sha256=sha256_file_cached(model_dir / "metrics.json"))
+    logger.info("%s: OOF MCRMSE %.4f, the mean of seeds %s (each: %s)", cfg.name, metrics["mcrmse"], cfg.seeds,
+                ", ".join(f"{m['mcrmse']:.4f}" for m in seed_metrics))
+    return metrics
+
+
 def member_is_complete(cfg: MemberConfig, prep: Prepared) -> bool:
     """Up to date (same data, folds, result-relevant config), every fold intact, and oof.parquet, metrics.json
-    and the content hash made from exactly those folds. Damaged folds are set aside here to be retrained."""
+    and the content hash made from exactly those folds (a seed average: every listed seed complete, and the mean
+    made from exactly those seeds). Damaged folds are set aside here to be retrained."""
     model_dir = prep.workspace.model_dir(cfg.name)
     manifest = read_manifest(model_dir)
     if manifest is None or stale_reasons(model_dir, **expected_hashes(cfg, prep)):
         return False
-    folds_ok = [check_fold(model_dir, k, cfg) for k in range(prep.n_folds)]
-    if not all(folds_ok) or "content_hash" not in manifest:
-        return False
-    digests = [folder_digest(fold_dir(model_dir, k)) for k in range(prep.n_folds)]
-    if manifest.get("fold_digests") != digests:
-        return False
+    if cfg.seeds is not None:
+        seeds_ok = [member_is_complete(c, prep) for c in seed_members(cfg)]  # each seed checked, damage set aside
+        if not all(seeds_ok) or "content_hash" not in manifest or manifest.get("seeds") != list(cfg.seeds):
+            return False
+        hashes = [read_manifest(prep.workspace.model_dir(c.name))["content_hash"] for c in seed_members(cfg)]
+        if manifest.get("seed_hashes") != hashes:
+            return False
+    else:
+        folds_ok = [check_fold(model_dir, k, cfg) for k in range(prep.n_folds)]
+        if not all(folds_ok) or "content_hash" not in manifest:
+            return False
+        digests = [folder_digest(fold_dir(model_dir, k)) for k in range(prep.n_folds)]
+        if manifest.get("fold_digests") != digests:
+            return False
     for path in (model_dir / "oof.parquet", model_dir / "metrics.json"):
         if not path.is_file() or sha256_file_cached(path) != manifest.get(f"{path.stem}_sha256"):
             logger.warning("%s does not match the manifest (missing, truncated or altered); rebuilding it from "
@@ -383,7 +586,17 @@ class SavedMember:
         return cls(cfg, model_dir)
 
     @property
+    def seeds(self) -> list[SavedMember]:
+        """A seed average's single-seed members (models/<name>/seed<s>/, `seeds` order); [] for any other member.
+        Their configs come from this one, so paths rewritten for a bundle reach them."""
+        return [SavedMember(c, self.model_dir / seed_dir_name(c.seed)) for c in seed_members(self.config)] \
+            if self.config.seeds is not None else []
+
+    @property
     def fold_dirs(self) -> list[Path]:
+        """Every fold model prediction loads (a seed average: every seed's, seed by seed)."""
+        if self.config.seeds is not None:
+            return [d for s in self.seeds for d in s.fold_dirs]
         n_folds = len((read_manifest(self.model_dir) or {}).get("fold_digests") or [])
         if n_folds:  # exactly the folds the content hash covers
             return [fold_dir(self.model_dir, k) for k in range(n_folds)]
@@ -404,12 +617,19 @@ class SavedMember:
         if not recorded:
             raise CorruptArtefactError(f"{self.model_dir}: the member is not complete (no content_hash in its "
                                        "manifest); finish training it (fb3stack train / run)")
+        if self.config.seeds is not None:
+            actual = seed_average_hash(config_hash(self.config), self.config.seeds, [s.verify() for s in self.seeds])
+            if actual != recorded:
+                raise CorruptArtefactError(f"{self.model_dir}: its config, seed list or seeds' models do not match "
+                                           f"the content hash recorded when it was averaged ({recorded[:12]} vs "
+                                           f"{actual[:12]})")
+            return recorded
         n_folds = len(manifest.get("fold_digests") or [])
         dirs = [fold_dir(self.model_dir, k) for k in range(n_folds)]
         member = build_member(self.config)
         problems = [p for d in dirs for p in verify_folder(d, may_be_absent=PREDICT_UNUSED) + member.check_shared(d)]
         if problems:
-            raise CorruptArtefactError(f"{self.model_dir.name}: damaged model files, not loaded: "
+            raise CorruptArtefactError(f"{self.config.name}: damaged model files, not loaded: "
                                        + "; ".join(problems[:5]) + ". Retrain it (fb3stack train / run).")
         actual = content_hash(config_hash(self.config), [folder_digest(d) for d in dirs])
         if actual != recorded:
@@ -418,6 +638,9 @@ class SavedMember:
         return recorded
 
     def predict(self, df: pd.DataFrame) -> np.ndarray:
-        """Mean over the fold models of (n, 6) predictions for `df` (text_id, full_text)."""
+        """Mean over the fold models of (n, 6) predictions for `df` (text_id, full_text); a seed average: the mean
+        over its seeds of each seed's."""
+        if self.config.seeds is not None:
+            return np.mean([s.predict(df) for s in self.seeds], axis=0)
         member = build_member(self.config)
         return np.asarray(member.predict_folds(df[[ID_COL, TEXT_COL]].reset_index(drop=True), self.fold_dirs))

@@ -13,7 +13,7 @@ from typing import Any
 from fb3stack.status import collect, human_bytes
 
 STYLE = {"done": "green", "fresh": "green", "ok": "green", "stale": "red", "missing": "yellow", "partial": "yellow",
-         "extra": "magenta", "unknown": "yellow", "for another model (unused)": "red"}
+         "extra": "magenta", "unused": "magenta", "unknown": "yellow", "for another model (unused)": "red"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,9 +47,11 @@ def tables(status: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]
     """(title, header, rows) of every table, shared by the rich and plain renderers."""
     n = status.get("n_folds") or max((len(m["folds"]) for m in status["members"]), default=0)
     out = []
-    member_rows = [[m["member"], m["kind"] or "", *(m["folds"] + [""] * (n - len(m["folds"]))), m["state"],
-                    "" if m["mcrmse"] is None else f"{m['mcrmse']:.4f}", "; ".join(m["reasons"])]
-                   for m in status["members"]]
+    # a seed average: its row (the mean's score), then one row per seed, each with its own score
+    member_rows = [[m["member"] if row is m else f"  {row['member']}", (m["kind"] or "") if row is m else "seed",
+                    *(row["folds"] + [""] * (n - len(row["folds"]))), row["state"],
+                    "" if row["mcrmse"] is None else f"{row['mcrmse']:.4f}", "; ".join(row["reasons"])]
+                   for m in status["members"] for row in [m, *m.get("seeds", [])]]
     out.append(("Members x folds", ["member", "kind", *[f"fold{k}" for k in range(n)], "state", "OOF MCRMSE", "why"],
                 member_rows))
     # one score per blend, the one report and run show: the honest estimate, with the table row it comes from

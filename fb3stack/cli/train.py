@@ -146,10 +146,12 @@ def print_sizes(members: list, described: dict[str, dict], cfg: RunConfig) -> No
             rows.append({"member": m.name, "params": "", "per fold": "not estimated"})
             continue
         size = transformer_size(m, n_folds)
-        total += size.total
+        n_seeds = len(m.seeds or [m.seed])  # a seed average stores every seed's folds (and frozen part)
+        total += size.total * n_seeds
         rows.append({"member": m.name, "params": f"{d['n_params'] / 1e6:.1f}M", "frozen": f"{d['n_frozen'] / 1e6:.1f}M",
-                     "stored": m.checkpoint_dtype, "folds": n_folds, "per fold": human_bytes(size.per_fold),
-                     "once per member": human_bytes(size.shared), "member total": human_bytes(size.total)})
+                     "stored": m.checkpoint_dtype, "folds": n_folds * n_seeds, "per fold": human_bytes(size.per_fold),
+                     "once per member": human_bytes(size.shared * n_seeds),
+                     "member total": human_bytes(size.total * n_seeds)})
     print(f"checkpoints ({n_folds} folds; weights only: tokenizer and config files not counted; CPU members' "
           "sklearn/LightGBM files not estimated):")
     print(text_table(rows))
@@ -200,7 +202,8 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
     texts = train[TEXT_COL].tolist()
     work_rows, time_rows, predict_s, unpriced, estimated = [], [], 0.0, [], False
     for m in members:
-        row = {"member": m.name, "jobs": n_folds}
+        n_seeds = len(m.seeds or [m.seed])  # a seed average trains every fold once per seed
+        row = {"member": m.name, "jobs": n_folds * n_seeds}
         d = described[m.name]
         if "n_params" not in d:
             work_rows.append(row)
@@ -224,12 +227,12 @@ def print_work(members: list, described: dict[str, dict], statuses: list, cfg: R
             time_rows.append({"member": m.name, "time": rate})
             unpriced.append(m.name)
             continue
-        seconds, estimated = work.training / rate.passes_per_s, estimated or not rate.measured
-        predict_s += work.predict / rate.passes_per_s
+        seconds, estimated = n_seeds * work.training / rate.passes_per_s, estimated or not rate.measured
+        predict_s += n_seeds * work.predict / rate.passes_per_s
         time_rows.append({"member": m.name, "passes/s": _si(rate.passes_per_s),
                           "time/fold": _hours(seconds / n_folds), "time": _hours(seconds),
                           "predict": _hours(work.predict / rate.passes_per_s), "rate from": rate.label})
-    jobs = n_folds * len(members)
+    jobs = sum(int(r["jobs"]) for r in work_rows)
     print(f"work: {jobs} (member, fold) jobs on {len(train)} essays of {data_dir}, {n_folds} folds; tokens/fold = "
           "training tokens over all epochs (real tokens, max_len applied). Work = layer passes (k, M, G), all folds (a "
           "token through one encoder layer: forward 1, backward 2, checkpointing's recompute 1; embeddings, pooler "

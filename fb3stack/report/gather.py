@@ -35,6 +35,12 @@ class MemberInfo:
     rmse: dict[str, float]
     fold_mcrmse: list[float]
     seconds: float
+    seeds: dict[int, float] = field(default_factory=dict)  # a seed average: each seed's OOF MCRMSE
+
+    @property
+    def seeds_text(self) -> str:
+        """'42: 0.5012, 43: 0.5020' for a seed average, '' for any other member."""
+        return ", ".join(f"{seed}: {score:.4f}" for seed, score in self.seeds.items())
 
 
 @dataclass
@@ -77,7 +83,8 @@ def read_members(root: Path) -> tuple[list[MemberInfo], dict[str, pd.DataFrame]]
         folds = m.get("folds", [])
         members.append(MemberInfo(name, m.get("kind"), float(m["mcrmse"]), {t: float(m["rmse"][t]) for t in TARGETS},
                                   [float(f["mcrmse"]) for f in folds if "mcrmse" in f],
-                                  float(sum(f.get("seconds", 0.0) for f in folds))))
+                                  float(sum(f.get("seconds", 0.0) for f in folds)),
+                                  {int(x["seed"]): float(x["mcrmse"]) for x in m.get("seeds", [])}))
         oofs[name] = read_oof(ws.model_dir(name) / "oof.parquet")
     return members, oofs
 
@@ -90,16 +97,21 @@ def read_oof(path: Path) -> pd.DataFrame:
 
 def read_histories(root: Path) -> dict[str, list[tuple[int, pd.DataFrame]]]:
     out: dict[str, list[tuple[int, pd.DataFrame]]] = {}
-    for f in sorted(root.glob("models/[!.]*/fold[0-9]*/history.csv"),
-                    key=lambda f: (f.parent.parent.name, int(f.parent.name[4:]))):
+    # a seed average's seeds train as members of their own: models/<name>/seed<s>/fold<k>/, shown as <name>/seed<s>
+    found = [*root.glob("models/[!.]*/fold[0-9]*/history.csv"), *root.glob("models/[!.]*/seed*/fold[0-9]*/history.csv")]
+    for f in sorted(found, key=lambda f: (_history_member(root, f), int(f.parent.name[4:]))):
         try:
             hist = pd.read_csv(f)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             logger.warning("%s: unreadable training history (%s), left out of the report", f, err)
             continue
         if "step" in hist.columns and len(hist):
-            out.setdefault(f.parent.parent.name, []).append((int(f.parent.name[4:]), hist))
+            out.setdefault(_history_member(root, f), []).append((int(f.parent.name[4:]), hist))
     return out
+
+
+def _history_member(root: Path, history: Path) -> str:
+    return history.parent.parent.relative_to(root / "models").as_posix()
 
 
 def read_labels(root: Path, data_dir: str | os.PathLike | None) -> tuple[pd.DataFrame | None, str | None]:

@@ -89,6 +89,8 @@ def build(data: ReportData) -> str:
         df = pd.DataFrame([{"member": m.name, "kind": m.kind or "", "MCRMSE": m.mcrmse, **m.rmse,
                             "fold sd": float(pd.Series(m.fold_mcrmse).std()) if len(m.fold_mcrmse) > 1 else 0.0,
                             "train": format_seconds(m.seconds)} for m in sorted(data.members, key=lambda m: m.mcrmse)])
+        if any(m.seeds for m in data.members):  # seed averages: the MCRMSE column is the mean's, these each seed's
+            df["seeds (MCRMSE each)"] = [m.seeds_text for m in sorted(data.members, key=lambda m: m.mcrmse)]
         s.append(table(df))
 
     s = page.section("diversity", "Diversity: correlation between members")

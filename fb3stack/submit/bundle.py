@@ -120,8 +120,11 @@ class BundlePlan:
         """The members whose fold models are copied (those trained in a workspace)."""
         return [name for name in self.members if name not in self.external]
 
+    def saved(self, name: str) -> SavedMember:
+        return SavedMember(self.configs[name], self.sources.models_root / name)
+
     def fold_dirs(self, name: str) -> list[Path]:
-        return SavedMember(self.configs[name], self.sources.models_root / name).fold_dirs
+        return self.saved(name).fold_dirs
 
 
 def plan_bundle(workspace: str | os.PathLike, blend: str | None = None) -> BundlePlan:
@@ -166,16 +169,18 @@ def make_bundle(workspace: str | os.PathLike, out: str | os.PathLike, blend: str
         for name in plan.model_members:
             model_dir = plan.sources.models_root / name
             dest = tmp / "models" / name
-            for item in ("config.yaml", "metrics.json", "manifest.json"):
-                if (model_dir / item).is_file():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(model_dir / item, dest / item)
+            # the member's folder, and a seed average's seed<s>/ folders, at the same places as in the workspace
+            for unit in [model_dir, *(s.model_dir for s in plan.saved(name).seeds)]:
+                for item in ("config.yaml", "metrics.json", "manifest.json"):
+                    if (unit / item).is_file():
+                        (dest / unit.relative_to(model_dir)).mkdir(parents=True, exist_ok=True)
+                        shutil.copy2(unit / item, dest / unit.relative_to(model_dir) / item)
             member = build_member(plan.configs[name])
             for fold in plan.fold_dirs(name):
-                shutil.copytree(fold, dest / fold.name, ignore=lambda _d, names: [n for n in names
-                                                                                   if n in PREDICT_UNUSED])
+                fold_dest = dest / fold.relative_to(model_dir)
+                shutil.copytree(fold, fold_dest, ignore=lambda _d, names: [n for n in names if n in PREDICT_UNUSED])
                 for path in member.shared_files(fold):  # e.g. frozen layers, stored once for all folds
-                    target = Path(os.path.normpath(dest / fold.name / os.path.relpath(path, fold)))
+                    target = Path(os.path.normpath(fold_dest / os.path.relpath(path, fold)))
                     if not target.exists():
                         target.parent.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(path, target)

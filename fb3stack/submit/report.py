@@ -28,10 +28,12 @@ def member_table(ws: Workspace, names: list[str] | None = None) -> pd.DataFrame:
         m = read_json(path)
         seconds = sum(f.get("seconds", 0.0) for f in m.get("folds", []))
         rows.append({"member": name, "kind": m.get("kind"), "MCRMSE": m["mcrmse"], **m["rmse"],
-                     "train_s": round(seconds, 1)})
+                     "train_s": round(seconds, 1),
+                     "seeds": ", ".join(f"{x['seed']}: {x['mcrmse']:.4f}" for x in m.get("seeds", []))})
+    # a seed average's MCRMSE is its mean's; the seeds column (only when there is one) has each seed's
+    columns = ["member", "kind", "MCRMSE", *TARGETS, "train_s", *(["seeds"] if any(r["seeds"] for r in rows) else [])]
     # best first, as report.html lists them
-    return pd.DataFrame(rows, columns=["member", "kind", "MCRMSE", *TARGETS, "train_s"]).sort_values(
-        "MCRMSE", kind="stable")
+    return pd.DataFrame(rows, columns=columns).sort_values("MCRMSE", kind="stable")
 
 
 def _markdown(df: pd.DataFrame, digits: int = 4) -> str:
