@@ -247,6 +247,8 @@ def test_gpu_prediction_autocasts_and_batches_by_tokens(tiny, train_df, tmp_path
     import accelerate
 
     train, valid = _split(train_df, n_valid=30)
+    # the CPU reference in fp32 (amp auto is bf16 on CPUs with native bf16): the faked GPU computes in fp32 too
+    monkeypatch.setattr("fb3stack.base.transformer.engine.cpu_has_native_bf16", lambda: False)
     member = TransformerMember(tiny_config(tiny, epochs=1, checkpoint_dtype="fp32", device="auto", amp="auto"))
     member.fit_fold(train, valid, 0, tmp_path)
     on_cpu = member.predict_fold(valid, tmp_path)

@@ -76,7 +76,8 @@ def test_user_path_trains_two_folds_and_reloads(hub_folder, fb3_dir, tmp_path):
         assert tok.convert_tokens_to_ids("[BR]") in ids
         assert tok.convert_tokens_to_ids("[BR]") not in tok("First paragraph. Second one.")["input_ids"]
         metrics = json.loads((fold / "metrics.json").read_text())
-        assert metrics["n_evals"] == 3 and metrics["best_valid_mcrmse"] <= metrics["last_valid_mcrmse"]
+        # epoch ends from the config's eval_start (2.0) on: epochs 2 and 3 (no evaluation before eval_start)
+        assert metrics["n_evals"] == 2 and metrics["best_valid_mcrmse"] <= metrics["last_valid_mcrmse"]
     # a reloaded fold predicts its own validation essays exactly as its OOF says
     member = SavedMember.load(model_dir)
     oof = pd.read_parquet(model_dir / "oof.parquet")

@@ -198,9 +198,10 @@ def compute_prefix(backbone: nn.Module, plan: PrefixPlan, tokens: list[np.ndarra
                    autocast: Callable[[], contextlib.AbstractContextManager],
                    device: torch.device, amp_dtype: torch.dtype | None, folder: Path | None = None,
                    pad_id: int = 0, batch_tokens: int = 16384) -> PrefixStore | None:
-    """The kept outputs for `tokens` (each distinct essay once; `autocast`: makes the training autocast context): from `folder` when a sound store of the same key
-    is there, else computed (and stored there). None when a kept output exceeds fp16's range (the caller then
-    runs the plain frozen forward: a store never holds inf for a finite activation)."""
+    """The kept outputs for `tokens` (each distinct essay once): from `folder` when a sound store of the same key
+    is there, else computed (and stored there) under `autocast()` (it makes the training autocast context). None
+    when a kept output exceeds fp16's range (the caller then runs the plain frozen forward: a store never holds
+    inf for a finite activation)."""
     unique = list({essay_key(t): t for t in tokens}.items())
     keys = [k for k, _ in unique]
     path = folder / f"prefix-{prefix_key(plan, backbone, keys, amp_dtype)}" if folder else None
